@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Build the local control plane's binaries from their Go modules and cache them outside the repo.
+#
+#   kube-apiserver, kube-controller-manager, kube-scheduler  <- k8s.io/kubernetes
+#   etcd                                                     <- go.etcd.io/etcd/server/v3
+#   kwok                                                     <- sigs.k8s.io/kwok
+#
+# k8s.io/kubernetes cannot be required as-is: its go.mod points every k8s.io staging module at
+# ./staging/src/... . A small wrapper module requires it and replaces each staging module with the
+# matching published v0.<minor>.<patch> release. Versions default to the newest release whose go.mod
+# the installed Go can build (GOTOOLCHAIN=local: no toolchain download); override with
+# K8S_VERSION, ETCD_VERSION, KWOK_VERSION. Output: one directory per version set, printed on stdout.
+set -euo pipefail
+
+export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
+CACHE_ROOT=${GPU_FI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gpu-resilience-fi}
+log() { printf '[build-binaries] %s\n' "$*" >&2; }
+
+go_version=$(go env GOVERSION); go_version=${go_version#go}
+
+# newest_buildable MODULE [PATTERN]: newest stable version whose go.mod `go` line <= installed Go.
+newest_buildable() {
+  local mod=$1 v need
+  for v in $(go list -m -versions "$mod" | tr ' ' '\n' | tail -n +2 | grep -vE -- '-(alpha|beta|rc)' | sort -rV); do
+    need=$(go mod download -json "$mod@$v" | python3 -c 'import json,sys,re
+m=open(json.load(sys.stdin)["GoMod"]).read(); g=re.search(r"^go (\S+)", m, re.M); print(g.group(1) if g else "1.0")')
+    if [ "$(printf '%s\n%s\n' "$need" "$go_version" | sort -V | head -1)" = "$need" ]; then
+      echo "$v"; return 0
+    fi
+    log "$mod $v needs go $need (have $go_version), trying older"
+  done
+  log "no buildable version of $mod"; return 1
+}
+
+K8S_VERSION=${K8S_VERSION:-$(newest_buildable k8s.io/kubernetes)}
+ETCD_VERSION=${ETCD_VERSION:-$(newest_buildable go.etcd.io/etcd/server/v3)}
+KWOK_VERSION=${KWOK_VERSION:-$(newest_buildable sigs.k8s.io/kwok)}
+out="$CACHE_ROOT/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-go$go_version"
+bins=(kube-apiserver kube-controller-manager kube-scheduler etcd kwok)
+
+complete=1
+for b in "${bins[@]}"; do [ -x "$out/$b" ] || complete=0; done
+if [ "$complete" = 1 ]; then log "cached: $out"; echo "$out"; exit 0; fi
+
+mkdir -p "$out"
+work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+
+# --- Kubernetes --------------------------------------------------------------------------------
+if ! [ -x "$out/kube-apiserver" ] || ! [ -x "$out/kube-controller-manager" ] || ! [ -x "$out/kube-scheduler" ]; then
+  log "building Kubernetes $K8S_VERSION"
+  staging=v0.${K8S_VERSION#v1.}
+  k8smod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys;print(json.load(sys.stdin)["GoMod"])')
+  mkdir "$work/k8s"
+  {
+    echo "module localcluster/kubernetes"
+    echo "go $(sed -n 's/^go //p' "$k8smod")"
+    echo "require k8s.io/kubernetes $K8S_VERSION"
+    echo "replace ("
+    sed -nE 's#^[[:space:]]*(k8s\.io/[a-z0-9-]+) => \./staging/src/k8s\.io/[a-z0-9-]+$#\t\1 => \1 '"$staging"'#p' "$k8smod"
+    echo ")"
+  } >"$work/k8s/go.mod"
+  echo 'package tools' >"$work/k8s/tools.go"
+  minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+  ldflags="-s -w"
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+  done
+  (cd "$work/k8s" && go mod download k8s.io/kubernetes \
+    && go build -trimpath -ldflags "$ldflags" -o "$out/" \
+         k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+         k8s.io/kubernetes/cmd/kube-scheduler)
+fi
+
+# --- etcd and KWOK: plain modules, built through a wrapper so their own replace lines don't apply --
+build_simple() { # name module version package
+  local name=$1 mod=$2 ver=$3 pkg=$4
+  [ -x "$out/$name" ] && return 0
+  log "building $name $ver"
+  mkdir -p "$work/$name"
+  printf 'module localcluster/%s\ngo %s\nrequire %s %s\n' "$name" "$go_version" "$mod" "$ver" >"$work/$name/go.mod"
+  echo 'package tools' >"$work/$name/tools.go"
+  (cd "$work/$name" && go build -trimpath -ldflags "-s -w" -o "$out/$name" "$pkg")
+}
+build_simple etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" go.etcd.io/etcd/server/v3
+build_simple kwok sigs.k8s.io/kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
+
+for b in "${bins[@]}"; do [ -x "$out/$b" ] || { log "missing $out/$b"; exit 1; }; done
+log "built into $out"
+echo "$out"
