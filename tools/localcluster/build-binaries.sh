@@ -40,6 +40,7 @@ bins=(kube-apiserver kube-controller-manager kube-scheduler etcd kwok)
 
 complete=1
 for b in "${bins[@]}"; do [ -x "$out/$b" ] || complete=0; done
+[ -s "$out/kwok-stages.yaml" ] || complete=0
 if [ "$complete" = 1 ]; then log "cached: $out"; echo "$out"; exit 0; fi
 
 mkdir -p "$out"
@@ -83,6 +84,17 @@ build_simple() { # name module version package
 }
 build_simple etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" go.etcd.io/etcd/server/v3
 build_simple kwok sigs.k8s.io/kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
+
+# KWOK run standalone needs its Stage objects (node init, lease heartbeat, pod ready/complete/delete).
+# Take the ones KWOK's own cluster tool uses, from the same module version, rather than keeping a copy.
+if ! [ -s "$out/kwok-stages.yaml" ]; then
+  kwokdir=$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | python3 -c 'import json,sys;print(json.load(sys.stdin)["Dir"])')
+  for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+           pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+    echo "---"; cat "$kwokdir/kustomize/stage/$f"
+  done >"$out/kwok-stages.yaml.tmp"
+  mv "$out/kwok-stages.yaml.tmp" "$out/kwok-stages.yaml"
+fi
 
 for b in "${bins[@]}"; do [ -x "$out/$b" ] || { log "missing $out/$b"; exit 1; }; done
 log "built into $out"
