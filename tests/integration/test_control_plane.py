@@ -4,6 +4,9 @@ Each test exercises behaviour a mock would not have: the DaemonSet controller an
 placing pods, cordons honoured, PodDisruptionBudgets enforced by the Eviction API, and rolling
 updates driven by the Deployment controller.
 """
+import ipaddress
+import os
+
 import pytest
 from kubernetes import client
 
@@ -156,3 +159,68 @@ def test_strategic_merge_patch_rolls_out_new_pods(core, apps, namespace):
         assert [(e.name, e.value) for e in main.env] == [("ROLLOUT", "2")]
     replica_sets = apps.list_namespaced_replica_set(namespace, label_selector="app=rolling").items
     assert len(replica_sets) == 2
+
+
+def _sockets_of(pids):
+    """Map socket inode -> pid for every socket the given processes hold."""
+    inodes = {}
+    for pid in pids:
+        fd_dir = "/proc/%d/fd" % pid
+        for fd in os.listdir(fd_dir):
+            try:
+                target = os.readlink(os.path.join(fd_dir, fd))
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes[target[8:-1]] = pid
+    return inodes
+
+
+def _tcp_table():
+    """(local ip, remote ip, state, inode) for every IPv4/IPv6 TCP and UDP socket on the machine."""
+    rows = []
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        with open("/proc/net/" + table) as f:
+            next(f)
+            for line in f:
+                cols = line.split()
+                rows.append((_ip(cols[1]), _ip(cols[2]), cols[3], cols[9]))
+    return rows
+
+
+def _ip(hex_addr):
+    raw = bytes.fromhex(hex_addr.split(":")[0])
+    if len(raw) == 4:
+        return ipaddress.ip_address(raw[::-1])
+    # /proc stores IPv6 as four little-endian 32-bit words.
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+    return ipaddress.ip_address(words)
+
+
+def _loopback(ip):
+    if ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return ip in ipaddress.ip_network("127.0.0.0/8") or ip == ipaddress.ip_address("::1")
+
+
+def test_every_socket_of_the_cluster_is_on_loopback():
+    state = os.environ.get("LOCALCLUSTER_DIR")
+    assert state, "LOCALCLUSTER_DIR must name the cluster's state directory (tools/local-cluster env)"
+    marker = ("LOCALCLUSTER_STATE=" + state).encode()
+    pids = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open("/proc/%s/environ" % entry, "rb") as f:
+                if marker in f.read().split(b"\0"):
+                    pids.append(int(entry))
+        except OSError:
+            continue
+    assert len(pids) >= 6, "expected etcd, API server, controller-manager, scheduler, KWOK and runner"
+    owned = _sockets_of(pids)
+    checked = 0
+    for local, remote, _, inode in _tcp_table():
+        if inode in owned:
+            checked += 1
+            assert _loopback(local), "pid %d uses local address %s" % (owned[inode], local)
+            assert remote.is_unspecified or _loopback(remote), "pid %d talks to %s" % (owned[inode], remote)
+    assert checked > 0

@@ -484,8 +484,8 @@ def cmd_status(layout, args):
 
 
 def cmd_env(layout, args):
-    print("export KUBECONFIG=%s K8S_AUTH_KUBECONFIG=%s LOCALCLUSTER_RUNNER_STATE=%s"
-          % (layout.kubeconfig, layout.kubeconfig, layout.runner_state))
+    print("export KUBECONFIG=%s K8S_AUTH_KUBECONFIG=%s LOCALCLUSTER_DIR=%s LOCALCLUSTER_RUNNER_STATE=%s"
+          % (layout.kubeconfig, layout.kubeconfig, layout.state, layout.runner_state))
 
 
 def cmd_restart_runner(layout, args):

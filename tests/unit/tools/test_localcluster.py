@@ -1,0 +1,139 @@
+"""Unit tests of the local control plane tool: addresses, node objects, PKI, kubeconfigs."""
+import importlib.util
+import ipaddress
+import json
+import os
+import re
+import sys
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+TOOL_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "tools", "localcluster")
+sys.path.insert(0, os.path.abspath(TOOL_DIR))
+_spec = importlib.util.spec_from_file_location("localcluster", os.path.join(TOOL_DIR, "localcluster.py"))
+lc = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(lc)
+import pki  # noqa: E402
+
+LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+IPV4 = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d{1,3}){3})(/\d+)?(?![\d.])")
+
+
+@pytest.fixture()
+def layout(tmp_path):
+    return lc.Layout(str(tmp_path / "state"), 26000)
+
+
+def test_every_address_in_every_command_line_is_loopback(layout):
+    cmds = lc.commands(layout, "/bin-dir", "/stages.yaml")
+    assert set(cmds) == set(lc.PROCESS_ORDER)
+    named = set()
+    for name, argv in cmds.items():
+        for arg in argv:
+            for ip, prefix in IPV4.findall(arg):
+                named.add(name)
+                net = ipaddress.ip_network(ip + (prefix or ""), strict=False)
+                assert net.subnet_of(LOOPBACK), "%s: %s is not on loopback" % (name, arg)
+            assert "0.0.0.0" not in arg and "localhost" not in arg.split("://")[-1], arg
+    assert named == set(cmds)  # every process names its addresses rather than using a default
+
+
+def test_components_bind_explicitly(layout):
+    cmds = lc.commands(layout, "/b", "/s")
+    for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler"):
+        assert "--bind-address=127.0.0.1" in cmds[name]
+    assert "--node-port=0" in cmds["kwok"]  # no KWOK server port
+
+
+def test_node_addresses_are_distinct_loopback_for_a_large_fleet():
+    ips, cidrs = set(), []
+    for i in range(5000):
+        ip, cidr = lc.node_addresses(i)
+        assert ipaddress.ip_address(ip) in LOOPBACK
+        ips.add(ip)
+        cidrs.append(ipaddress.ip_network(cidr))
+    assert len(ips) == 5000
+    assert len(set(cidrs)) == 5000
+    service = ipaddress.ip_network(lc.SERVICE_CIDR)
+    fallback = ipaddress.ip_network(lc.KWOK_FALLBACK_POD_CIDR)
+    for cidr in cidrs:
+        assert cidr.subnet_of(LOOPBACK)
+        assert not cidr.overlaps(service) and not cidr.overlaps(fallback)
+        assert ipaddress.ip_address(lc.node_addresses(0)[0]) not in cidr
+
+
+def test_gpu_node_manifest_has_gpu_labels_and_capacity():
+    node = lc.node_manifest("gpu-node-3", 3, 8, "p5.48xlarge", "NVIDIA-H100-80GB-HBM3")
+    labels = node["metadata"]["labels"]
+    assert labels["nvidia.com/gpu.present"] == "true"
+    assert labels["node.kubernetes.io/instance-type"] == "p5.48xlarge"
+    assert node["status"]["capacity"]["nvidia.com/gpu"] == "8"
+    assert node["status"]["allocatable"]["nvidia.com/gpu"] == "8"
+    assert node["metadata"]["annotations"] == {"kwok.x-k8s.io/node": "fake"}
+    assert node["spec"]["podCIDR"] == lc.node_addresses(3)[1]
+
+
+def test_cpu_node_manifest_has_no_gpu():
+    node = lc.node_manifest("cpu-node-0", 7, 0, "m7i.4xlarge", "")
+    assert "nvidia.com/gpu.present" not in node["metadata"]["labels"]
+    assert "nvidia.com/gpu" not in node["status"]["capacity"]
+
+
+def test_desired_nodes_counts():
+    args = type("Args", (), dict(nodes=4, cpu_nodes=2, gpus_per_node=4, instance_type="p4d.24xlarge",
+                                 gpu_product="A100", cpu_instance_type="m7i.large"))
+    names = [n["metadata"]["name"] for n in lc.desired_nodes(args)]
+    assert names == ["gpu-node-0", "gpu-node-1", "gpu-node-2", "gpu-node-3", "cpu-node-0", "cpu-node-1"]
+    ips = [n["status"]["addresses"][0]["address"] for n in lc.desired_nodes(args)]
+    assert len(set(ips)) == 6
+
+
+def test_pki_identities_and_idempotence(tmp_path):
+    d = str(tmp_path / "pki")
+    pki.ensure_pki(d, ["127.0.0.1"], ["localhost"])
+    server = x509.load_pem_x509_certificate(open(os.path.join(d, "apiserver.crt"), "rb").read())
+    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert ipaddress.ip_address("127.0.0.1") in sans.get_values_for_type(x509.IPAddress)
+    usage = server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert ExtendedKeyUsageOID.SERVER_AUTH in usage
+    admin = x509.load_pem_x509_certificate(open(os.path.join(d, "admin.crt"), "rb").read())
+    assert admin.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "system:masters"
+    kcm = x509.load_pem_x509_certificate(open(os.path.join(d, "kube-controller-manager.crt"), "rb").read())
+    assert kcm.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "system:kube-controller-manager"
+    assert oct(os.stat(os.path.join(d, "ca.key")).st_mode & 0o777) == "0o600"
+    before = open(os.path.join(d, "ca.crt"), "rb").read()
+    pki.ensure_pki(d, ["127.0.0.1"], ["localhost"])
+    assert open(os.path.join(d, "ca.crt"), "rb").read() == before
+
+
+def test_kubeconfig_is_valid_yaml_pointing_at_loopback(layout, tmp_path):
+    path = str(tmp_path / "kc")
+    lc.write_kubeconfig(path, layout, "admin")
+    cfg = yaml.safe_load(open(path))
+    assert cfg == json.load(open(path))
+    assert cfg["clusters"][0]["cluster"]["server"] == "https://127.0.0.1:26443"
+    assert cfg["users"][0]["user"]["client-certificate"].endswith("/pki/admin.crt")
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+
+
+def test_process_start_time_tells_reused_pids(layout):
+    os.makedirs(layout.run)
+    with open(os.path.join(layout.run, "etcd.json"), "w") as f:
+        json.dump({"pid": os.getpid(), "start": lc._proc_start_time(os.getpid())}, f)
+    assert lc.running_pid(layout, "etcd") == os.getpid()
+    with open(os.path.join(layout.run, "etcd.json"), "w") as f:
+        json.dump({"pid": os.getpid(), "start": 1}, f)  # same pid, another process's start time
+    assert lc.running_pid(layout, "etcd") is None
+
+
+def test_up_requires_binaries(tmp_path, capsys):
+    rc = lc.main(["--state-dir", str(tmp_path / "s"), "--bin-dir", str(tmp_path), "up", "--nodes", "1"])
+    assert rc == 1
+    assert "build-binaries.sh" in capsys.readouterr().err
+
+
+def test_down_without_cluster_is_a_no_op(tmp_path):
+    assert lc.main(["--state-dir", str(tmp_path / "never-started"), "down"]) == 0
