@@ -1,4 +1,6 @@
 """Small helpers shared by the integration tests."""
+import importlib.util
+import os
 import time
 
 import pytest
@@ -26,3 +28,15 @@ def wait_until(check, timeout, what, interval=0.2):
             return last
         time.sleep(interval)
     pytest.fail("timed out after %ss waiting for %s (last value: %r)" % (timeout, what, last))
+
+
+def _load_localcluster():
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.path.join(here, "..", "..", "tools", "localcluster", "localcluster.py")
+    spec = importlib.util.spec_from_file_location("localcluster", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+localcluster = _load_localcluster()

@@ -10,7 +10,7 @@ import os
 import pytest
 from kubernetes import client
 
-from support import wait_until
+from support import localcluster, wait_until
 
 GPU_SELECTOR = "nvidia.com/gpu.present=true"
 PAUSE = {"name": "main", "image": "registry.invalid/pause:3.10", "command": ["/pause"]}
@@ -206,12 +206,11 @@ def _loopback(ip):
 def test_every_socket_of_the_cluster_is_on_loopback():
     state = os.environ.get("LOCALCLUSTER_DIR")
     assert state, "LOCALCLUSTER_DIR must name the cluster's state directory (tools/local-cluster env)"
-    marker = ("LOCALCLUSTER_STATE=" + state).encode()
     pids = []
     for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open("/proc/%s/environ" % entry, "rb") as f:
-                if marker in f.read().split(b"\0"):
+                if localcluster.marked_by(state, f.read()):
                     pids.append(int(entry))
         except OSError:
             continue

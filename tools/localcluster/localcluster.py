@@ -168,16 +168,26 @@ def terminate(pids, grace):
         time.sleep(0.05)
 
 
+def marked_by(state_dir, environ):
+    """True if a NUL-separated environment block names state_dir (or a directory under it)."""
+    prefix = ("%s=" % STATE_ENV).encode()
+    state = state_dir.encode()
+    for var in environ.split(b"\0"):
+        if var.startswith(prefix):
+            value = var[len(prefix):]
+            return value == state or value.startswith(state + b"/")
+    return False
+
+
 def stragglers(layout):
-    """Pids of any process whose environment names this cluster's state directory."""
-    marker = ("%s=%s" % (STATE_ENV, layout.state)).encode()
+    """Pids of any process marked with this cluster's state directory: components and pod programs."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
             with open("/proc/%s/environ" % entry, "rb") as f:
-                if marker in f.read().split(b"\0"):
+                if marked_by(layout.state, f.read()):
                     found.append(int(entry))
         except OSError:
             continue

@@ -137,3 +137,11 @@ def test_up_requires_binaries(tmp_path, capsys):
 
 def test_down_without_cluster_is_a_no_op(tmp_path):
     assert lc.main(["--state-dir", str(tmp_path / "never-started"), "down"]) == 0
+
+
+def test_marker_matches_the_state_dir_and_below_only():
+    env = lambda value: b"PATH=/bin\0LOCALCLUSTER_STATE=" + value + b"\0HOME=/root"  # noqa: E731
+    assert lc.marked_by("/s/lc", env(b"/s/lc"))
+    assert lc.marked_by("/s/lc", env(b"/s/lc/runner"))
+    assert not lc.marked_by("/s/lc", env(b"/s/lc2"))
+    assert not lc.marked_by("/s/lc", b"PATH=/bin\0HOME=/root")
