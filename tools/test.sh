@@ -8,7 +8,7 @@
 # Every stage runs even if an earlier one failed; the exit status is non-zero if any failed.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
+cd "$root" || exit 1
 stages=("$@"); [ ${#stages[@]} -gt 0 ] || stages=(unit integration molecule sanity lint)
 
 step() { printf '\n=== %s ===\n' "$*"; }
@@ -37,8 +37,9 @@ declare -A result seconds
 run_stage() {
   local name=$1; shift
   step "stage: $name"
-  local t0=$(date +%s)
-  "$@"; local rc=$?
+  local t0 rc
+  t0=$(date +%s)
+  "$@"; rc=$?
   seconds[$name]=$(( $(date +%s) - t0 ))
   if [ $rc = 0 ]; then result[$name]=passed; else result[$name]="FAILED (exit $rc)"; fi
 }

@@ -28,6 +28,12 @@ def running(pod):
     return pod.status.phase == "Running" and pod.metadata.deletion_timestamp is None
 
 
+def running_pods(core, ns, selector, count):
+    """The Running pods matching selector if there are exactly `count` of them, else None."""
+    found = [p for p in pods(core, ns, selector) if running(p)]
+    return found if len(found) == count else None
+
+
 def deployment(name, replicas, labels, **pod_spec):
     return {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
@@ -97,8 +103,7 @@ def test_cordoned_node_gets_no_new_pods(core, apps, namespace, cordoned_node):
     # Spread replicas land everywhere except the cordoned node.
     labels = {"app": "spread"}
     apps.create_namespaced_deployment(namespace, deployment("spread", 6, labels))
-    placed = wait_until(lambda: (lambda ps: ps if len(ps) == 6 else None)(
-        [p for p in pods(core, namespace, "app=spread") if running(p)]), 60, "6 running replicas")
+    placed = wait_until(lambda: running_pods(core, namespace, "app=spread", 6), 60, "6 running replicas")
     assert cordoned_node not in {p.spec.node_name for p in placed}
 
 
@@ -134,8 +139,7 @@ def test_eviction_blocked_by_pdb_is_refused_with_429(core, apps, policy, namespa
 def test_strategic_merge_patch_rolls_out_new_pods(core, apps, namespace):
     labels = {"app": "rolling"}
     apps.create_namespaced_deployment(namespace, deployment("rolling", 3, labels))
-    before = wait_until(lambda: (lambda ps: ps if len(ps) == 3 else None)(
-        [p for p in pods(core, namespace, "app=rolling") if running(p)]), 60, "3 running replicas")
+    before = wait_until(lambda: running_pods(core, namespace, "app=rolling", 3), 60, "3 running replicas")
     old_uids = {p.metadata.uid for p in before}
 
     # A strategic merge patch merges the container list by name: only env is added to "main".
@@ -217,7 +221,7 @@ def test_every_socket_of_the_cluster_is_on_loopback():
     assert len(pids) >= 6, "expected etcd, API server, controller-manager, scheduler, KWOK and runner"
     owned = _sockets_of(pids)
     checked = 0
-    for local, remote, _, inode in _tcp_table():
+    for local, remote, _state, inode in _tcp_table():
         if inode in owned:
             checked += 1
             assert _loopback(local), "pid %d uses local address %s" % (owned[inode], local)

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """A real Kubernetes control plane on loopback, with simulated GPU nodes, for tests and demos.
 
     localcluster.py --bin-dir DIR up [--nodes N] [--cpu-nodes M]   start (or converge) the cluster
@@ -260,9 +259,12 @@ def commands(layout, bin_dir, stages_file):
     p, pk = layout.ports, layout.pki
     etcd_url = "http://%s:%d" % (HOST, p["etcd"])
     peer_url = "http://%s:%d" % (HOST, p["etcd-peer"])
-    common_auth = lambda stem: ["--kubeconfig=" + layout.component_kubeconfig(stem),  # noqa: E731
-                                "--authentication-kubeconfig=" + layout.component_kubeconfig(stem),
-                                "--authorization-kubeconfig=" + layout.component_kubeconfig(stem)]
+
+    def common_auth(stem):
+        path = layout.component_kubeconfig(stem)
+        return ["--kubeconfig=" + path, "--authentication-kubeconfig=" + path,
+                "--authorization-kubeconfig=" + path]
+
     return {
         "etcd": [os.path.join(bin_dir, "etcd"), "--name=localcluster", "--data-dir=" + layout.etcd_data,
                  "--listen-client-urls=" + etcd_url, "--advertise-client-urls=" + etcd_url,
@@ -430,7 +432,7 @@ def cmd_up(layout, args):
 
 def start(layout, bin_dir, stages_file):
     os.makedirs(layout.state, mode=0o700, exist_ok=True)
-    service_ip = SERVICE_CIDR.split("/")[0].rsplit(".", 1)[0] + ".1"
+    service_ip = SERVICE_CIDR.split("/", maxsplit=1)[0].rsplit(".", 1)[0] + ".1"
     pki.ensure_pki(layout.pki, [HOST, service_ip],
                    ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
                     "kubernetes.default.svc.cluster.local"])
@@ -511,7 +513,7 @@ def cmd_restart_runner(layout, args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--state-dir", default=os.environ.get(
         "LOCALCLUSTER_DIR", os.path.join(ROOT, "build", "localcluster")))
     parser.add_argument("--port-base", type=int, default=int(os.environ.get("LOCALCLUSTER_PORT_BASE", "26000")))

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Local pod runner: a small kubelet for our own programs on KWOK-simulated nodes.
 
 KWOK marks pods on its nodes Running and gives them a 127.x IP, but runs nothing. For pods that opt
@@ -172,7 +171,7 @@ def resource_value(pod, ref, default_container, allocatable):
     """resourceFieldRef: e.g. limits.cpu of a container, divided by `divisor` and rounded up.
     An unset limit means the node's allocatable amount, as kubelet reports it."""
     container = find_container(pod, ref.get("containerName") or default_container)
-    kind, _, resource = ref["resource"].partition(".")
+    kind, _sep, resource = ref["resource"].partition(".")
     amount = ((container.get("resources") or {}).get(kind) or {}).get(resource)
     if amount is None and kind == "limits":
         amount = (allocatable or {}).get(resource)
@@ -562,7 +561,7 @@ def sync_files(root, files):
         if not _file_is(path, content, mode):
             write_atomic(path, content, mode)
             changed.append(rel)
-    for dirpath, _, names in os.walk(root):
+    for dirpath, _dirs, names in os.walk(root):
         for name in names:
             rel = os.path.relpath(os.path.join(dirpath, name), root)
             if rel not in wanted:
@@ -797,7 +796,7 @@ def kill_stale(state_dir, index):
     for pid, pgid in stale:
         signal_group(pgid, signal.SIGTERM)
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(proc_start_time(pid) for pid, _ in stale):
+    while time.monotonic() < deadline and any(proc_start_time(pid) for pid, _start in stale):
         time.sleep(0.1)
     for pid, pgid in stale:
         signal_group(pgid, signal.SIGKILL)
@@ -956,7 +955,7 @@ class Runner:
             due.append(pod.kill_at or 0.0)
             if pod.phase in ("pending", "running"):
                 due.append(pod.retry_at)
-                due += [refresh_at for _, refresh_at in pod.tokens.values()]
+                due += [refresh_at for _token, refresh_at in pod.tokens.values()]
                 due += [c.due for c in pod.containers.values() if c.proc is None and not c.done]
         return min(t for t in due if t > now) - now
 
@@ -976,7 +975,7 @@ class Runner:
         if event[0] == "stop":
             self._stop_all(hard=self.stopping)
         elif event[0] == "exited":
-            _, uid, name, proc, code = event
+            _kind, uid, name, proc, code = event
             self._on_exit(uid, name, proc, code)
         elif event[0] == "changed" and event[1] in ("ConfigMap", "Secret"):
             kind, (namespace, name) = event[1], event[2]
@@ -1086,7 +1085,10 @@ class Runner:
 
     def _sync_volumes(self, pod):
         allocatable = self.allocatable(pod)
-        token_for = lambda audience, seconds: self._token(pod, audience, seconds)  # noqa: E731
+
+        def token_for(audience, seconds):
+            return self._token(pod, audience, seconds)
+
         for volume in pod.obj["spec"].get("volumes") or []:
             files = volume_files(pod.obj, volume, self.lookup, token_for, allocatable)
             if files is not None:
@@ -1109,7 +1111,7 @@ class Runner:
         return pod.tokens[key][0]
 
     def _refresh_tokens(self, pod, now):
-        expiring = [key for key, (_, refresh_at) in pod.tokens.items() if refresh_at <= now]
+        expiring = [key for key, (_token, refresh_at) in pod.tokens.items() if refresh_at <= now]
         for key in expiring:
             del pod.tokens[key]
             pod.volumes_dirty = True
@@ -1235,7 +1237,7 @@ class Runner:
 # --- CLI ---------------------------------------------------------------------------------------
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--api-host", default="127.0.0.1")

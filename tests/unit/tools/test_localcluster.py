@@ -140,7 +140,9 @@ def test_down_without_cluster_is_a_no_op(tmp_path):
 
 
 def test_marker_matches_the_state_dir_and_below_only():
-    env = lambda value: b"PATH=/bin\0LOCALCLUSTER_STATE=" + value + b"\0HOME=/root"  # noqa: E731
+    def env(value):
+        return b"PATH=/bin\0LOCALCLUSTER_STATE=" + value + b"\0HOME=/root"
+
     assert lc.marked_by("/s/lc", env(b"/s/lc"))
     assert lc.marked_by("/s/lc", env(b"/s/lc/runner"))
     assert not lc.marked_by("/s/lc", env(b"/s/lc2"))

@@ -191,10 +191,10 @@ def test_value_from_refs():
         {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
         {"name": "LEVEL", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "LEVEL"}}},
         {"name": "PASS", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "TOKEN"}}},
-        {"name": "OPT1", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "nope",
-                                                            "optional": True}}},
-        {"name": "OPT2", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "k",
-                                                         "optional": True}}},
+        {"name": "OPT1",
+         "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "nope", "optional": True}}},
+        {"name": "OPT2",
+         "valueFrom": {"secretKeyRef": {"name": "absent", "key": "k", "optional": True}}},
         {"name": "LITERAL", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['note']"}}},
         {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "requests.memory"}}},
     ]})
@@ -466,7 +466,7 @@ def test_restarts_after_exit(role, policy, code, restarts):
 
 def test_backoff_doubles_up_to_the_cap_and_resets_after_a_long_run():
     backoff = pr.Backoff()
-    delays = [backoff.next_delay(ran_for=0.1) for _ in range(7)]
+    delays = [backoff.next_delay(ran_for=0.1) for _attempt in range(7)]
     assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
     assert backoff.next_delay(ran_for=pr.BACKOFF_RESET_AFTER) == 0.5
     assert backoff.next_delay(ran_for=1) == 1.0
