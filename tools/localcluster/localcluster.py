@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -342,6 +343,46 @@ def node_manifest(name, index, gpus, instance_type, gpu_product):
     }
 
 
+# PCI bus addresses of the eight GPUs of a p5.48xlarge; larger counts continue the pattern.
+GPU_BUSES = (0x53, 0x64, 0x75, 0x86, 0x97, 0xa8, 0xb9, 0xca)
+
+
+def gpu_information(model, uuid, pci, minor):
+    """The driver's /proc/driver/nvidia/gpus/<pci>/information text for one GPU."""
+    return ("Model: \t\t %s\nIRQ:   \t\t 0\nGPU UUID: \t %s\nVideo BIOS: \t 96.00.99.00.01\n"
+            "Bus Type: \t PCIe\nDMA Size: \t 52 bits\nDMA Mask: \t 0xfffffffffffff\n"
+            "Bus Location: \t %s\nDevice Minor: \t %d\nGPU Firmware: \t 570.148.08\n"
+            "GPU Excluded:\t No\n" % (model, uuid, pci, minor))
+
+
+def node_gpus(node_name, count):
+    """(pci, minor, uuid) of a simulated node's GPUs, in PCI order.
+
+    Minors are swapped in pairs so that, as on real machines, the device minor is not the
+    nvidia-smi index; UUIDs are stable per node and GPU.
+    """
+    gpus = []
+    for i in range(count):
+        bus = GPU_BUSES[i % len(GPU_BUSES)] + 0x100 * (i // len(GPU_BUSES))
+        pci = "0000:%02x:00.0" % bus if bus < 0x100 else "%04x:%02x:00.0" % (bus >> 8, bus & 0xff)
+        minor = i ^ 1 if (i ^ 1) < count else i
+        gpus.append((pci, minor, str(uuid.uuid5(uuid.NAMESPACE_DNS, "%s.gpu%d" % (node_name, i)))))
+    return [(pci, minor, "GPU-" + u) for pci, minor, u in gpus]
+
+
+def write_node_hosts(layout, args):
+    """Give each simulated GPU node the driver's proc files in its host root (the runner's hostPath)."""
+    model = args.gpu_product.replace("-", " ")
+    for i in range(args.nodes):
+        name = "gpu-node-%d" % i
+        gpus_dir = os.path.join(layout.runner_state, "nodes", name, "host", "proc", "driver", "nvidia", "gpus")
+        os.makedirs(gpus_dir, exist_ok=True)
+        for pci, minor, gpu_uuid in node_gpus(name, args.gpus_per_node):
+            os.makedirs(os.path.join(gpus_dir, pci), exist_ok=True)
+            with open(os.path.join(gpus_dir, pci, "information"), "w") as f:
+                f.write(gpu_information(model, gpu_uuid, pci, minor))
+
+
 def desired_nodes(args):
     nodes = []
     for i in range(args.nodes):
@@ -426,6 +467,7 @@ def cmd_up(layout, args):
             raise ClusterError("ports %s on %s are in use; stop whatever holds them or set "
                                "LOCALCLUSTER_PORT_BASE" % (busy, HOST))
         start(layout, bin_dir, stages_file)
+    write_node_hosts(layout, args)
     converge_nodes(layout, args)
     print(layout.kubeconfig)
 
