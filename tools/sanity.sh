@@ -17,6 +17,10 @@ export PATH="$VENV/bin:$PATH"
 pyver=$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 
 sanity_root="$root/build/sanity"
+mkdir -p "$root/build"
+# One run at a time: each run replaces the copy under build/sanity.
+exec 9>"$root/build/sanity.lock"
+flock 9
 collection=$(tools/collection-tree.sh --copy "$sanity_root") || fail "could not copy the collection"
 
 k8s_core=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/ansible_collections/kubernetes/core

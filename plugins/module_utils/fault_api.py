@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: GPU Resilience maintainers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The GPUFault API: the contract between the modules that ask for faults and the node agent that
 carries them out.
 

@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: contributors to gpu_resilience.fault_injection
-# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """NVIDIA XID / SXid catalog: the single source of truth for every fault this collection injects.
 
 Everything the collection knows about an XID lives in this file and nowhere else: the exact

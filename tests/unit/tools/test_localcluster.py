@@ -151,13 +151,12 @@ def test_marker_matches_the_state_dir_and_below_only():
 
 def test_simulated_gpus_look_like_the_drivers_proc_files(tmp_path):
     gpus = lc.node_gpus("gpu-node-0", 8)
-    assert [p for p, _, _ in gpus] == sorted(p for p, _, _ in gpus)  # PCI order = nvidia-smi order
-    assert gpus[0][0] == "0000:53:00.0"
-    assert [m for _, m, _ in gpus] != list(range(8))  # the minor is not the index
-    assert sorted(m for _, m, _ in gpus) == list(range(8))
-    assert len({u for _, _, u in gpus}) == 8 and all(u.startswith("GPU-") for _, _, u in gpus)
+    pcis, minors, uuids = (list(column) for column in zip(*gpus))
+    assert pcis == sorted(pcis) and pcis[0] == "0000:53:00.0"  # PCI order = nvidia-smi order
+    assert minors != list(range(8)) and sorted(minors) == list(range(8))  # the minor is not the index
+    assert len(set(uuids)) == 8 and all(u.startswith("GPU-") for u in uuids)
     assert lc.node_gpus("gpu-node-0", 8) == gpus and lc.node_gpus("gpu-node-1", 8) != gpus
-    assert sorted(m for _, m, _ in lc.node_gpus("n", 3)) == [0, 1, 2]
+    assert sorted(gpu[1] for gpu in lc.node_gpus("n", 3)) == [0, 1, 2]
     text = lc.gpu_information("NVIDIA H100 80GB HBM3", gpus[2][2], gpus[2][0], gpus[2][1])
     fields = dict(line.split(":", 1) for line in text.splitlines())
     assert fields["Bus Location"].strip() == "0000:75:00.0"
