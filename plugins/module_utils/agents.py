@@ -18,7 +18,6 @@ import json
 
 from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import fault_api
 
-RECORD_FORM_ANNOTATION = fault_api.GROUP + "/record-form"
 DEPLOY_HINT = "deploy it with the gpu_resilience.fault_injection.fault_injector_agent role"
 
 
@@ -47,7 +46,7 @@ def agent_state(node, namespace, lease, now):
     spec = lease.get("spec") or {}
     annotations = lease.get("metadata", {}).get("annotations") or {}
     state["holder"] = spec.get("holderIdentity")
-    state["record_form"] = annotations.get(RECORD_FORM_ANNOTATION) or "journald"
+    state["record_form"] = annotations.get(fault_api.RECORD_FORM_ANNOTATION) or "journald"
     renewed = parse_time(spec.get("renewTime"))
     duration = spec.get("leaseDurationSeconds") or 0
     if renewed is None:

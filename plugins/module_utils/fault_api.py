@@ -39,6 +39,7 @@ NODE_LABEL = GROUP + "/node"              # which node agent carries the fault o
 DRILL_LABEL = GROUP + "/drill"            # groups the faults of one drill, for cleanup
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 INVENTORY_ANNOTATION = GROUP + "/gpus"    # on the agent's Lease: JSON list of the node's GPUs
+RECORD_FORM_ANNOTATION = GROUP + "/record-form"  # on the agent's Lease: journald or dmesg
 LEASE_PREFIX = "gpu-fault-agent-"
 
 PHASE_INJECTING = "Injecting"   # claimed by an agent; records are being written
@@ -50,7 +51,7 @@ METHODS = ("kmsg", "dcgm")
 MAX_GPU_INDEX = 63
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_GPU_UUID = re.compile(r"^GPU-[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+GPU_UUID = re.compile(r"^GPU-[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
 class FaultSpecError(ValueError):
@@ -74,14 +75,23 @@ def lease_name(node):
 
 
 def normalize_pci(pci):
-    """A full PCI address in lower case (``dddd:bb:dd.f``), validated by the catalog's strict parser."""
+    """A full PCI address in the kernel's canonical form (``0000:3b:00.0``; nvidia-smi's
+    ``00000000:3B:00.0`` becomes that too), validated by the catalog's strict parser."""
     if not isinstance(pci, str):
         raise FaultSpecError("PCI address %r must be a string like 0000:3b:00.0" % (pci,))
     try:
-        xid_catalog.xid_pci(pci)
+        return xid_catalog.format_pci_bdf(pci)
     except ValueError as e:
         raise FaultSpecError(str(e))
-    return pci.lower()
+
+
+def node_label_value(node):
+    """The node as a label value: label values stop at 63 characters, node names at 253."""
+    validate_node_name(node)
+    if len(node) <= 63:
+        return node
+    digest = hashlib.sha256(node.encode("ascii")).hexdigest()[:12]
+    return node[:50].rstrip(".-") + "-" + digest
 
 
 def validate_gpu_selector(gpu):
@@ -101,7 +111,7 @@ def validate_gpu_selector(gpu):
     elif key == "pci":
         value = normalize_pci(value)
     elif key == "uuid":
-        if not isinstance(value, str) or not _GPU_UUID.match(value):
+        if not isinstance(value, str) or not GPU_UUID.match(value):
             raise FaultSpecError("gpu uuid %r must look like GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" % (value,))
     elif value is not True:
         raise FaultSpecError("gpu all must be true when given")
@@ -214,7 +224,7 @@ def select_gpus(node, inventory, selector):
     if key == "all":
         return list(inventory)
     for gpu in inventory:
-        if key == "pci" and gpu["pci"].lower() == value:
+        if key == "pci" and normalize_pci(gpu["pci"]) == value:
             return [gpu]
         if key == "uuid" and (gpu.get("uuid") or "").lower() == value.lower():
             return [gpu]
@@ -230,7 +240,7 @@ def select_gpus(node, inventory, selector):
 
 def fault_object(namespace, spec, name=None, generate_name=None, drill=None, managed_by=None):
     """The GPUFault manifest for a validated spec."""
-    labels = {NODE_LABEL: spec["node"]}
+    labels = {NODE_LABEL: node_label_value(spec["node"])}
     if drill:
         labels[DRILL_LABEL] = drill
     if managed_by:

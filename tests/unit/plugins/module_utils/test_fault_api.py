@@ -23,7 +23,7 @@ def spec(**overrides):
 
 
 def test_valid_spec_is_normalised():
-    out = fault_api.validate_spec(spec(gpu={"pci": "0000:3B:00.0"}))
+    out = fault_api.validate_spec(spec(gpu={"pci": "00000000:3B:00.0"}))
     assert out == {"node": "gpu-node-1", "method": "kmsg", "xid": 79, "gpu": {"pci": "0000:3b:00.0"}}
 
 
@@ -80,6 +80,7 @@ def test_xid_154_recovery_action():
 @pytest.mark.parametrize("selector, pcis", [
     ({"index": 2}, ["0000:75:00.0"]),
     ({"pci": "00000001:86:00.0"}, ["00000001:86:00.0"]),
+    ({"pci": "00000000:75:00.0"}, ["0000:75:00.0"]),   # nvidia-smi's spelling
     ({"uuid": "GPU-00000001-0000-4000-8000-000000000001"}, ["0000:64:00.0"]),
     ({"all": True}, [g["pci"] for g in INVENTORY]),
 ])
@@ -110,6 +111,9 @@ def test_lease_names_are_valid_even_for_long_node_names():
     name = fault_api.lease_name(long_node)
     assert len(name) <= 253 and fault_api._DNS_SUBDOMAIN.match(name)
     assert name != fault_api.lease_name(long_node[:-1] + "b")
+    value = fault_api.node_label_value(long_node)
+    assert len(value) <= 63 and value != fault_api.node_label_value(long_node[:-1] + "b")
+    assert fault_api.node_label_value("gpu-node-1") == "gpu-node-1"
 
 
 def test_fault_object():

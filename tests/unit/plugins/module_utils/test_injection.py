@@ -22,7 +22,7 @@ def params(**overrides):
 
 @pytest.mark.parametrize("text, selector", [
     ("2", {"index": 2}), (" 7 ", {"index": 7}), ("all", {"all": True}),
-    ("0000:3B:00.0", {"pci": "0000:3b:00.0"}), ("00000001:00:00.0", {"pci": "00000001:00:00.0"}),
+    ("0000:3B:00.0", {"pci": "0000:3b:00.0"}), ("00000001:00:00.0", {"pci": "0001:00:00.0"}), ("00000000:3B:00.0", {"pci": "0000:3b:00.0"}),
     ("GPU-ebed76ae-9504-51a7-b9fc-6f4400179196", {"uuid": "GPU-ebed76ae-9504-51a7-b9fc-6f4400179196"}),
 ])
 def test_gpu_selector(text, selector):
