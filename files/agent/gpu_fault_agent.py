@@ -9,7 +9,7 @@ the image of files/agent/Dockerfile). Python 3.8+ standard library only.
 
 What it does:
 
-* discovers the node's GPUs from ``<proc-root>/driver/nvidia/gpus/<pci>/information``;
+* discovers the node's GPUs from ``<nvidia-proc>/gpus/<pci>/information`` (the host's /proc/driver/nvidia);
 * keeps a Lease named after the node, renewed every few seconds, whose annotation carries the
   GPU inventory: modules read it to know an agent runs and which GPUs it can target. The Lease
   is deleted on SIGTERM/SIGINT so that its absence means "no agent";
@@ -51,7 +51,7 @@ import xid_catalog  # noqa: E402  pylint: disable=wrong-import-position
 import fault_api  # noqa: E402  pylint: disable=wrong-import-position
 
 AGENT_NAME = "gpu-fault-agent"
-GPUS_DIR = os.path.join("driver", "nvidia", "gpus")
+GPUS_DIR = "gpus"
 RECORD_FORMS = ("journald", "dmesg")
 KMSG_PRIORITY = b"<3>"          # err, as the driver logs XIDs
 KMSG_MAX_RECORD = 976           # the kernel refuses longer /dev/kmsg writes (LOG_LINE_MAX - prefix)
@@ -130,14 +130,14 @@ def gpu_from_information(dirname, text):
     return {"pci": pci, "minor": int(minor), "uuid": uuid, "model": fields.get("Model")}
 
 
-def discover_gpus(proc_root):
+def discover_gpus(nvidia_proc):
     """The node's GPUs in nvidia-smi order (PCI bus order), each {index, minor, pci, uuid, model}.
 
     The index is the position in PCI order, as nvidia-smi and CUDA (PCI_BUS_ID order) number the
     GPUs; the device minor (/dev/nvidiaN) is a different number and is reported separately.
     Malformed entries are skipped with a warning, so one odd directory does not stop the agent.
     """
-    base = os.path.join(proc_root, GPUS_DIR)
+    base = os.path.join(nvidia_proc, GPUS_DIR)
     try:
         names = sorted(os.listdir(base))
     except FileNotFoundError:
@@ -882,7 +882,8 @@ def parse_args(argv=None):
     parser.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE"), help="namespace (env POD_NAMESPACE)")
     parser.add_argument("--pod-name", default=os.environ.get("POD_NAME"), help="this pod (env POD_NAME)")
     parser.add_argument("--kmsg", default="/host/dev/kmsg", help="the host's /dev/kmsg")
-    parser.add_argument("--proc-root", default="/host/proc", help="the host's /proc")
+    # The driver's directory itself, so that the mount and the flag name the same path.
+    parser.add_argument("--nvidia-proc", default="/host/proc/driver/nvidia", help="the host's /proc/driver/nvidia")
     parser.add_argument("--dcgmi", default="dcgmi", help="dcgmi executable (method dcgm)")
     parser.add_argument("--record-form", choices=RECORD_FORMS, default="journald",
                         help="journald: MESSAGE in the journal reads like the driver's line (default); "
@@ -917,7 +918,7 @@ def main(argv=None):
     except (ApiError, OSError, ssl.SSLError) as e:
         warn("agent_failed", error="cannot reach the Kubernetes API: %s" % e)
         return 1
-    inventory = functools.partial(discover_gpus, args.proc_root)
+    inventory = functools.partial(discover_gpus, args.nvidia_proc)
     keeper = LeaseKeeper(api, args.namespace, args.node, args.pod_name, args.lease_seconds, inventory,
                          record_form=args.record_form)
     controller = FaultController(api, args.node, args.pod_name, inventory, args.kmsg,

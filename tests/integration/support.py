@@ -1,6 +1,9 @@
 """Small helpers shared by the integration tests."""
 import importlib.util
+import json
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -40,3 +43,42 @@ def _load_localcluster():
 
 
 localcluster = _load_localcluster()
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RUNNER_STATE = os.environ.get("LOCALCLUSTER_RUNNER_STATE", os.path.join(ROOT, "build", "localcluster", "runner"))
+RUN_LABEL = "local-runner.gpu-resilience.io/run"
+
+
+def ansible_env():
+    """The environment for the virtualenv's ansible commands: this collection and the local cluster."""
+    subprocess.run([os.path.join(ROOT, "tools", "collection-tree.sh")], check=True, stdout=subprocess.DEVNULL)
+    collections = os.environ.get("ANSIBLE_COLLECTIONS_PATH") or os.path.join(ROOT, "build", "collections")
+    return dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
+                K8S_AUTH_KUBECONFIG=os.environ["KUBECONFIG"])
+
+
+def venv_tool(name):
+    """An executable installed beside the running Python (the project's virtualenv)."""
+    exe = os.path.join(os.path.dirname(sys.executable), name)
+    assert os.path.exists(exe), "%s not found next to %s" % (name, sys.executable)
+    return exe
+
+
+def ansible_module(fqcn, args, check=False, diff=False, timeout=300):
+    """Run one module on localhost through `ansible`; return its result dict (rc in result["failed"])."""
+    env = ansible_env()
+    env.update(ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="ansible.posix.json")
+    argv = [venv_tool("ansible"), "localhost", "-i", "localhost,", "-c", "local", "-m", fqcn,
+            "-a", json.dumps(args), "-e", "ansible_python_interpreter=" + sys.executable]
+    if check:
+        argv.append("--check")
+    if diff:
+        argv.append("--diff")
+    proc = subprocess.run(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          timeout=timeout, check=False)
+    try:
+        return json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    except (ValueError, KeyError, IndexError):
+        pytest.fail("no result from %s (rc %d)\nstdout:\n%s\nstderr:\n%s" % (fqcn, proc.returncode, proc.stdout,
+                                                                             proc.stderr))

@@ -238,7 +238,7 @@ def controller(api, proc, kmsg):
 
 
 def make_controller(api, proc, kmsg, **kwargs):
-    return agent.FaultController(api, NODE, POD, lambda: agent.discover_gpus(str(proc)), str(kmsg),
+    return agent.FaultController(api, NODE, POD, lambda: agent.discover_gpus(str(proc / "driver" / "nvidia")), str(kmsg),
                                  sleep=lambda seconds: None, **kwargs)
 
 
@@ -263,7 +263,7 @@ def payloads(kmsg):
 # ============================================================================================
 
 def test_discovery_orders_by_pci_with_extended_domains(proc):
-    gpus = agent.discover_gpus(str(proc))
+    gpus = agent.discover_gpus(str(proc / "driver" / "nvidia"))
     assert [(g["index"], g["pci"], g["minor"], g["uuid"]) for g in gpus] == [
         (0, "0000:3b:00.0", 3, UUIDS[0]),
         (1, "0000:b5:00.0", 0, UUIDS[1]),
@@ -283,7 +283,7 @@ def test_discovery_skips_malformed_entries(tmp_path, capsys):
     (root / "driver" / "nvidia" / "gpus" / "0000:8e:00.0").mkdir()   # no information file
     make_gpu(root, "0000:9e:00.0", 5, "N/A")                          # kept, without UUID
     make_gpu(root, "00000000:3b:00.0", 3, UUIDS[0])                   # same GPU, other spelling
-    gpus = agent.discover_gpus(str(root))
+    gpus = agent.discover_gpus(str(root / "driver" / "nvidia"))
     assert [(g["index"], g["pci"], g["minor"], g["uuid"]) for g in gpus] == [
         (0, "0000:3b:00.0", 3, UUIDS[0]), (1, "0000:9e:00.0", 5, None)]
     warnings = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
@@ -293,11 +293,11 @@ def test_discovery_skips_malformed_entries(tmp_path, capsys):
 
 
 def test_discovery_without_driver_is_empty(tmp_path):
-    assert not agent.discover_gpus(str(tmp_path))
+    assert not agent.discover_gpus(str(tmp_path / "driver" / "nvidia"))
 
 
 def test_inventory_annotation_is_compact_and_has_no_model(proc):
-    text = agent.inventory_annotation(agent.discover_gpus(str(proc)))
+    text = agent.inventory_annotation(agent.discover_gpus(str(proc / "driver" / "nvidia")))
     assert " " not in text
     assert json.loads(text)[2] == {"index": 2, "minor": 1, "pci": "0001:00:00.0", "uuid": UUIDS[2]}
 
@@ -376,7 +376,7 @@ MICROTIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 
 def test_lease_body(proc):
     now = datetime.datetime(2026, 11, 22, 18, 0, 0, tzinfo=datetime.timezone.utc)
-    inventory = agent.discover_gpus(str(proc))
+    inventory = agent.discover_gpus(str(proc / "driver" / "nvidia"))
     lease = agent.lease_body("drills", NODE, POD, inventory, 30, now)
     assert lease["metadata"]["name"] == fault_api.lease_name(NODE)
     assert lease["spec"] == {"holderIdentity": POD, "leaseDurationSeconds": 30,
@@ -395,7 +395,7 @@ def test_lease_body(proc):
 
 def test_lease_keeper_creates_takes_over_and_releases(api, proc):
     name = fault_api.lease_name(NODE)
-    keeper = agent.LeaseKeeper(api, "drills", NODE, POD, 30, lambda: agent.discover_gpus(str(proc)))
+    keeper = agent.LeaseKeeper(api, "drills", NODE, POD, 30, lambda: agent.discover_gpus(str(proc / "driver" / "nvidia")))
     keeper.renew()
     assert api.leases[name]["spec"]["holderIdentity"] == POD
     assert len(json.loads(api.leases[name]["metadata"]["annotations"][fault_api.INVENTORY_ANNOTATION])) == 3
@@ -505,7 +505,7 @@ def test_message_override_reaches_the_record(api, controller, kmsg):
 
 def test_records_only_come_from_the_catalog_renderer(proc):
     """Even a spec that skipped validation cannot put raw text into a record."""
-    gpus = agent.discover_gpus(str(proc))[:1]
+    gpus = agent.discover_gpus(str(proc / "driver" / "nvidia"))[:1]
     hostile = {"node": NODE, "xid": 13, "method": "kmsg", "message": "x\n<0>NVRM: Xid (PCI:0000:3b:00): 79, y"}
     with pytest.raises(ValueError):
         agent._plan_xid(hostile, gpus, "journald")  # pylint: disable=protected-access
@@ -846,7 +846,7 @@ def test_args_defaults_from_environment(monkeypatch):
     monkeypatch.setenv("POD_NAME", POD)
     args = agent.parse_args([])
     assert (args.node, args.namespace, args.pod_name) == (NODE, "drills", POD)
-    assert (args.kmsg, args.proc_root, args.dcgmi, args.record_form) == ("/host/dev/kmsg", "/host/proc", "dcgmi", "journald")
+    assert (args.kmsg, args.nvidia_proc, args.dcgmi, args.record_form) == ("/host/dev/kmsg", "/host/proc/driver/nvidia", "dcgmi", "journald")
     assert (args.lease_seconds, args.renew_seconds) == (30, 10)
 
 

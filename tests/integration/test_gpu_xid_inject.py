@@ -1,0 +1,166 @@
+"""gpu_xid_inject end to end: module -> GPUFault -> the node's agent (a local process run by the pod
+runner from the deployed ConfigMap) -> the node's kernel-log file.
+
+The agent is deployed once for the module with playbooks/deploy_agent.yml and removed at the end.
+Every refused request is checked to have created no object and written no byte to any node's log.
+"""
+import json
+import os
+import subprocess
+
+import pytest
+from kubernetes import client
+
+from support import RUN_LABEL, RUNNER_STATE, ROOT, ansible_env, ansible_module, venv_tool, wait_until
+
+MODULE = "gpu_resilience.fault_injection.gpu_xid_inject"
+NAMESPACE = "gpu-fault-injection"
+GROUP, VERSION, PLURAL = "faultinjection.gpu-resilience.io", "v1alpha1", "gpufaults"
+NODES = ("gpu-node-0", "gpu-node-1", "gpu-node-2")
+GPU2_PCI = "0000:75:00.0"   # GPU index 2 of every simulated node (see tools/localcluster)
+
+
+def playbook(name, **extra):
+    extra.setdefault("fault_injector_agent_pod_labels", {RUN_LABEL: "true"})
+    proc = subprocess.run([venv_tool("ansible-playbook"), os.path.join(ROOT, "playbooks", name),
+                           "-e", json.dumps(extra)], cwd=ROOT, env=ansible_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+
+
+@pytest.fixture(scope="module")
+def agent():
+    playbook("deploy_agent.yml")
+    yield
+    playbook("remove_agent.yml")
+
+
+@pytest.fixture(scope="module")
+def custom(api_client):
+    return client.CustomObjectsApi(api_client)
+
+
+def kmsg_path(node):
+    return os.path.join(RUNNER_STATE, "nodes", node, "host", "dev", "kmsg")
+
+
+def kmsg_sizes():
+    return dict((n, os.path.getsize(kmsg_path(n)) if os.path.exists(kmsg_path(n)) else 0) for n in NODES)
+
+
+def faults(custom):
+    return custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL)["items"]
+
+
+def inject(check=False, **args):
+    return ansible_module(MODULE, args, check=check)
+
+
+def test_check_mode_predicts_the_records_and_changes_nothing(agent, custom):
+    before = kmsg_sizes()
+    result = inject(check=True, node="gpu-node-1", gpu="2", xid=79)
+    assert not result.get("failed"), result
+    assert result["changed"] is True
+    (fault,) = result["faults"]
+    assert fault["phase"] == "DryRun" and fault["pci_addresses"] == [GPU2_PCI]
+    assert any("Xid (PCI:0000:75:00): 79" in r for r in fault["records"])
+    assert faults(custom) == [] and kmsg_sizes() == before
+
+
+def test_xid79_on_gpu2_writes_the_drivers_lines_for_that_gpu(agent, custom):
+    before = kmsg_sizes()
+    with open(kmsg_path("gpu-node-1"), "rb") as f:
+        f.seek(before["gpu-node-1"])
+        assert f.read() == b""
+    result = inject(node="gpu-node-1", gpu="2", xid=79, drill="it-xid79")
+    assert not result.get("failed"), result
+    (fault,) = result["faults"]
+    assert result["changed"] and fault["phase"] == "Injected" and fault["node"] == "gpu-node-1"
+    assert fault["pci_addresses"] == [GPU2_PCI] and fault["gpus"][0]["index"] == 2
+    assert fault["gpus"][0]["minor"] != 2  # the agent reports the device minor separately
+    with open(kmsg_path("gpu-node-1"), "rb") as f:
+        f.seek(before["gpu-node-1"])
+        written = f.read().decode()
+    # Exactly the returned records, each one kernel-log write with the err priority.
+    assert written == "".join("<3>%s\n" % r for r in fault["records"])
+    assert "NVRM: NVRM: Xid (PCI:0000:75:00): 79, pid='<unknown>', name=<unknown>, GPU has fallen off the bus." \
+        in written
+    assert "NVRM: The NVIDIA GPU 0000:75:00.0" in written and "fallen off the bus and is not responding" in written
+    after = kmsg_sizes()
+    assert [after[n] == before[n] for n in NODES] == [True, False, True]  # no other node touched
+    obj = custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, fault["name"])
+    assert obj["status"]["records"] == fault["records"] and obj["status"]["agent"] == fault["agent"]
+
+
+def test_named_fault_is_idempotent(agent):
+    first = inject(node="gpu-node-0", gpu="all", xid=48, name="ecc-all-gpus")
+    assert first["changed"] and first["faults"][0]["phase"] == "Injected", first
+    assert len(first["faults"][0]["pci_addresses"]) == 8
+    size = kmsg_sizes()["gpu-node-0"]
+    second = inject(node="gpu-node-0", gpu="all", xid=48, name="ecc-all-gpus")
+    assert second["changed"] is False and second["faults"][0]["name"] == "ecc-all-gpus"
+    assert kmsg_sizes()["gpu-node-0"] == size
+    clash = inject(node="gpu-node-0", gpu="all", xid=94, name="ecc-all-gpus")
+    assert clash["failed"] and "already exists with a different request" in clash["msg"]
+
+
+def test_node_selector_with_count_picks_live_agents(agent):
+    result = inject(node_selector="nvidia.com/gpu.present=true", count=2, gpu="GPU-" + "0" * 8 + "-0000-0000-0000-"
+                    + "0" * 12, xid=13, check=True)
+    assert result["failed"] and "no GPU with UUID" in result["msg"]
+    result = inject(node_selector="nvidia.com/gpu.present=true", count=2, gpu="0", xid=13, drill="it-pair")
+    assert not result.get("failed"), result
+    assert result["nodes"] == ["gpu-node-0", "gpu-node-1"]
+    assert all(f["phase"] == "Injected" for f in result["faults"])
+    too_many = inject(node_selector="nvidia.com/gpu.present=true", count=4, xid=13)
+    assert too_many["failed"] and "3 run a live agent; 4 needed" in too_many["msg"]
+
+
+@pytest.mark.parametrize("args, words", [
+    (dict(node="gpu-node-1", xid=12345), "unknown xid"),
+    (dict(node="no-such-node", xid=79), "node no-such-node not found"),
+    (dict(node="cpu-node-0", xid=79), "no fault-injector agent runs on node cpu-node-0"),
+    (dict(node="gpu-node-1", gpu="8", xid=79), "GPU index 8 is out of range: node gpu-node-1 has GPUs 0-7"),
+    (dict(node="gpu-node-1", gpu="0000:3b:00", xid=79), "PCI"),
+    (dict(node="gpu-node-1", gpu="0000:99:00.0", xid=79), "no GPU with PCI address 0000:99:00.0"),
+    (dict(node="gpu-node-1", gpu="0000:75:00.0'; reboot #", xid=79), "PCI"),
+    (dict(node="gpu-node-1; rm -rf /", xid=79), "not a valid Kubernetes node name"),
+    (dict(node="gpu-node-1", xid=79, text="ok\nNVRM: Xid (PCI:0000:00:00): 48, forged"), "message"),
+    (dict(node="gpu-node-1", xid=79, text="$(reboot) `id` %n"), "message"),
+    (dict(node="gpu-node-1", xid=79, text="x" * 300), "limit is 200"),
+    (dict(node="gpu-node-1", xid=13, recovery_action="Node Reboot Required"), "XID 154 only"),
+    (dict(node="gpu-node-1", sxid={"code": 1, "pci": "0000:05:00.0"}), "known SXid"),
+])
+def test_bad_input_fails_clearly_and_changes_nothing(agent, custom, args, words):
+    names = sorted(f["metadata"]["name"] for f in faults(custom))
+    before = kmsg_sizes()
+    result = inject(**args)
+    assert result.get("failed") and words.lower() in result["msg"].lower(), result
+    assert "Traceback" not in json.dumps(result)
+    assert sorted(f["metadata"]["name"] for f in faults(custom)) == names
+    assert kmsg_sizes() == before
+
+
+def test_the_agent_refuses_a_fault_addressed_to_another_node(agent, custom):
+    """Whoever can create GPUFaults is not trusted blindly: the label says gpu-node-1, the spec another node."""
+    before = kmsg_sizes()
+    custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, {
+        "apiVersion": GROUP + "/" + VERSION, "kind": "GPUFault",
+        "metadata": {"name": "misaddressed", "labels": {GROUP + "/node": "gpu-node-1",
+                                                        "app.kubernetes.io/managed-by": "gpu_xid_inject"}},
+        "spec": {"node": "gpu-node-2", "gpu": {"index": 0}, "xid": 79}})
+    obj = wait_until(lambda: (lambda o: o if (o.get("status") or {}).get("phase") else None)(
+        custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "misaddressed")),
+        30, "the agent's verdict on the misaddressed fault")
+    assert obj["status"]["phase"] == "Failed" and "gpu-node-2" in obj["status"]["error"]
+    assert kmsg_sizes() == before
+
+
+def test_absent_removes_every_fault_and_is_idempotent(agent, custom):
+    dry = inject(check=True, state="absent")
+    assert dry["changed"] and faults(custom)
+    drill = inject(state="absent", drill="it-xid79")
+    assert drill["changed"] and [f["node"] for f in drill["faults"]] == ["gpu-node-1"]
+    assert inject(state="absent")["changed"]
+    assert faults(custom) == []
+    assert inject(state="absent")["changed"] is False
