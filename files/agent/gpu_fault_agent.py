@@ -33,7 +33,6 @@ import functools
 import http.client
 import json
 import os
-import re
 import shutil
 import signal
 import ssl

@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -82,3 +83,36 @@ def ansible_module(fqcn, args, check=False, diff=False, timeout=300):
     except (ValueError, KeyError, IndexError):
         pytest.fail("no result from %s (rc %d)\nstdout:\n%s\nstderr:\n%s" % (fqcn, proc.returncode, proc.stdout,
                                                                              proc.stderr))
+
+
+RECAP = re.compile(r"^localhost\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+PLAYBOOK_TIMINGS = {}
+
+
+def ansible_playbook(name, extra_vars=None, check=False, timeout=600):
+    """Run playbooks/<name> with the virtualenv's ansible-playbook; return (rc, output, recap)."""
+    argv = [venv_tool("ansible-playbook"), os.path.join(ROOT, "playbooks", name)]
+    if extra_vars:
+        argv += ["-e", json.dumps(extra_vars)]
+    if check:
+        argv.append("--check")
+    started = time.monotonic()
+    proc = subprocess.run(argv, cwd=ROOT, env=ansible_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=timeout, check=False)
+    PLAYBOOK_TIMINGS.setdefault(name + (" --check" if check else ""), []).append(
+        round(time.monotonic() - started, 1))
+    match = RECAP.search(proc.stdout)
+    recap = dict(zip(("ok", "changed", "unreachable", "failed"), map(int, match.groups()))) if match else None
+    return proc.returncode, proc.stdout, recap
+
+
+def run_playbook(name, extra_vars=None, check=False):
+    """ansible_playbook that must succeed; returns (output, recap)."""
+    rc, out, recap = ansible_playbook(name, extra_vars, check)
+    assert rc == 0 and recap and recap["failed"] == 0, "%s failed (rc %s):\n%s" % (name, rc, out[-6000:])
+    return out, recap
+
+
+def kmsg_path(node):
+    """A simulated node's /dev/kmsg: a regular file in its host root (see tools/localcluster)."""
+    return os.path.join(RUNNER_STATE, "nodes", node, "host", "dev", "kmsg")

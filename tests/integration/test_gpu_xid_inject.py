@@ -6,12 +6,11 @@ Every refused request is checked to have created no object and written no byte t
 """
 import json
 import os
-import subprocess
 
 import pytest
 from kubernetes import client
 
-from support import RUN_LABEL, RUNNER_STATE, ROOT, ansible_env, ansible_module, venv_tool, wait_until
+from support import RUN_LABEL, ansible_module, kmsg_path, run_playbook, wait_until
 
 MODULE = "gpu_resilience.fault_injection.gpu_xid_inject"
 NAMESPACE = "gpu-fault-injection"
@@ -20,28 +19,16 @@ NODES = ("gpu-node-0", "gpu-node-1", "gpu-node-2")
 GPU2_PCI = "0000:75:00.0"   # GPU index 2 of every simulated node (see tools/localcluster)
 
 
-def playbook(name, **extra):
-    extra.setdefault("fault_injector_agent_pod_labels", {RUN_LABEL: "true"})
-    proc = subprocess.run([venv_tool("ansible-playbook"), os.path.join(ROOT, "playbooks", name),
-                           "-e", json.dumps(extra)], cwd=ROOT, env=ansible_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stdout[-4000:]
-
-
 @pytest.fixture(scope="module")
 def agent():
-    playbook("deploy_agent.yml")
+    run_playbook("deploy_agent.yml", {"fault_injector_agent_pod_labels": {RUN_LABEL: "true"}})
     yield
-    playbook("remove_agent.yml")
+    run_playbook("remove_agent.yml")
 
 
 @pytest.fixture(scope="module")
 def custom(api_client):
     return client.CustomObjectsApi(api_client)
-
-
-def kmsg_path(node):
-    return os.path.join(RUNNER_STATE, "nodes", node, "host", "dev", "kmsg")
 
 
 def kmsg_sizes():
@@ -149,9 +136,11 @@ def test_the_agent_refuses_a_fault_addressed_to_another_node(agent, custom):
         "metadata": {"name": "misaddressed", "labels": {GROUP + "/node": "gpu-node-1",
                                                         "app.kubernetes.io/managed-by": "gpu_xid_inject"}},
         "spec": {"node": "gpu-node-2", "gpu": {"index": 0}, "xid": 79}})
-    obj = wait_until(lambda: (lambda o: o if (o.get("status") or {}).get("phase") else None)(
-        custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "misaddressed")),
-        30, "the agent's verdict on the misaddressed fault")
+    def verdict():
+        obj = custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "misaddressed")
+        return obj if (obj.get("status") or {}).get("phase") else None
+
+    obj = wait_until(verdict, 30, "the agent's verdict on the misaddressed fault")
     assert obj["status"]["phase"] == "Failed" and "gpu-node-2" in obj["status"]["error"]
     assert kmsg_sizes() == before
 
