@@ -136,6 +136,7 @@ def test_the_agent_refuses_a_fault_addressed_to_another_node(agent, custom):
         "metadata": {"name": "misaddressed", "labels": {GROUP + "/node": "gpu-node-1",
                                                         "app.kubernetes.io/managed-by": "gpu_xid_inject"}},
         "spec": {"node": "gpu-node-2", "gpu": {"index": 0}, "xid": 79}})
+
     def verdict():
         obj = custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "misaddressed")
         return obj if (obj.get("status") or {}).get("phase") else None
