@@ -48,6 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import xid_catalog  # noqa: E402  pylint: disable=wrong-import-position
 import fault_api  # noqa: E402  pylint: disable=wrong-import-position
+import shim_control  # noqa: E402  pylint: disable=wrong-import-position
 
 AGENT_NAME = "gpu-fault-agent"
 GPUS_DIR = "gpus"
@@ -251,7 +252,7 @@ def claim_status(pod, now):
     return {"phase": fault_api.PHASE_INJECTING, "agent": pod, "claimedAt": rfc3339(now)}
 
 
-def final_status(obj, pod, now, gpus=(), records=(), error=None, claimed_at=None):
+def final_status(obj, pod, now, gpus=(), records=(), error=None, claimed_at=None, shim=None):
     """Status phase Injected, or Failed when ``error`` is given (with what was written so far)."""
     status = {
         "phase": fault_api.PHASE_FAILED if error else fault_api.PHASE_INJECTED,
@@ -261,6 +262,8 @@ def final_status(obj, pod, now, gpus=(), records=(), error=None, claimed_at=None
     }
     if claimed_at:
         status["claimedAt"] = claimed_at
+    if shim:
+        status["shimControl"] = shim.strip()
     if error:
         status["error"] = truncate(error)
     else:
@@ -296,7 +299,8 @@ class InjectionError(Exception):
 
 
 # method: kmsg|dcgm; gpus: inventory entries; records: status strings; actions: kmsg payloads or argv lists
-Plan = namedtuple("Plan", "spec method gpus records actions")
+# shim: the control line to write (arming or disarming the node's CUDA fault shim), or None.
+Plan = namedtuple("Plan", "spec method gpus records actions shim")
 
 
 def resolve_dcgmi(dcgmi):
@@ -310,7 +314,7 @@ def resolve_dcgmi(dcgmi):
     return found
 
 
-def plan_fault(obj, node, inventory, record_form, dcgmi="dcgmi"):
+def plan_fault(obj, node, inventory, record_form, dcgmi="dcgmi", seq=None):
     """Validate a GPUFault against this node and render what injecting it writes or runs.
 
     Raises FaultRefused with the reason when the fault must not be carried out. The spec is
@@ -326,16 +330,29 @@ def plan_fault(obj, node, inventory, record_form, dcgmi="dcgmi"):
     try:
         spec = fault_api.validate_spec(spec)
         if "sxid" in spec:
-            return _plan_sxid(spec, record_form)
-        selector = dict(spec["gpu"])
-        if "pci" in selector:  # compare canonical addresses: 00000001:00:00.0 is 0001:00:00.0
-            selector["pci"] = xid_catalog.format_pci_bdf(selector["pci"])
-        gpus = fault_api.select_gpus(node, inventory, selector)
-        if spec["method"] == "dcgm":
-            return _plan_dcgm(spec, gpus, dcgmi)
-        return _plan_xid(spec, gpus, record_form)
+            plan = _plan_sxid(spec, record_form)
+        elif "xid" not in spec:   # shim: disarm on its own
+            plan = Plan(spec, "shim", [], [], [], None)
+        else:
+            selector = dict(spec["gpu"])
+            if "pci" in selector:  # compare canonical addresses: 00000001:00:00.0 is 0001:00:00.0
+                selector["pci"] = xid_catalog.format_pci_bdf(selector["pci"])
+            gpus = fault_api.select_gpus(node, inventory, selector)
+            plan = _plan_dcgm(spec, gpus, dcgmi) if spec["method"] == "dcgm" else _plan_xid(spec, gpus, record_form)
+        return plan._replace(shim=shim_line(spec, plan.gpus, fault_name(obj), seq))
     except (fault_api.FaultSpecError, ValueError) as e:  # UnknownXidError is a ValueError
         raise FaultRefused("GPUFault %s: %s" % (fault_name(obj), e)) from e
+
+
+def shim_line(spec, gpus, name, seq=None):
+    """The shim control line a fault asks for, or None. One GPU is targeted; several mean all."""
+    if "shim" not in spec:
+        return None
+    seq = int(time.time() * 1000) if seq is None else seq
+    if spec["shim"] == "disarm":
+        return shim_control.render(False, seq, name)
+    target = gpus[0]["pci"] if len(gpus) == 1 and "all" not in spec.get("gpu", {}) else None
+    return shim_control.render(True, seq, name, xid=spec["xid"], gpu=target)
 
 
 def _plan_xid(spec, gpus, record_form):
@@ -356,7 +373,7 @@ def _plan_sxid(spec, record_form):
 
 def _kmsg_plan(spec, gpus, records, record_form):
     texts = [record_text(record, record_form) for record in records]
-    return Plan(spec, "kmsg", list(gpus), texts, [kmsg_payload(text) for text in texts])
+    return Plan(spec, "kmsg", list(gpus), texts, [kmsg_payload(text) for text in texts], None)
 
 
 def _plan_dcgm(spec, gpus, dcgmi):
@@ -364,7 +381,7 @@ def _plan_dcgm(spec, gpus, dcgmi):
         raise FaultRefused("method dcgm needs a GPU the driver lists; the node reports none")
     executable = resolve_dcgmi(dcgmi)
     commands = [dcgm_argv(executable, gpu["index"], spec["xid"]) for gpu in gpus]
-    return Plan(spec, "dcgm", list(gpus), [" ".join(argv) for argv in commands], commands)
+    return Plan(spec, "dcgm", list(gpus), [" ".join(argv) for argv in commands], commands, None)
 
 
 # ============================================================================================
@@ -407,6 +424,28 @@ def run_dcgm(commands, timeout=DCGM_TIMEOUT):
             raise InjectionError("%s exited with status %d: %s"
                                  % (" ".join(argv), result.returncode, truncate(output, 500)), done)
     return len(commands)
+
+
+def write_shim_control(directory, text):
+    """Replace the node's shim control file atomically: shimmed processes never read half a line."""
+    target = os.path.join(directory, shim_control.CONTROL_FILE)
+    temporary = os.path.join(directory, ".%s.%d.tmp" % (shim_control.CONTROL_FILE, os.getpid()))
+    try:
+        with open(temporary, "w", encoding="ascii") as f:
+            f.write(text)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, target)
+    except OSError as e:
+        raise InjectionError("writing the shim control file %s failed: %s" % (target, e), 0) from e
+
+
+def read_shim_control(directory):
+    """The node's current shim control state, or None (no file, or not a control line)."""
+    try:
+        with open(os.path.join(directory, shim_control.CONTROL_FILE), encoding="ascii") as f:
+            return shim_control.parse(f.read())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
 
 
 def kmsg_writable(path):
@@ -653,7 +692,7 @@ class FaultController:
     STATUS_RETRIES = 5
 
     def __init__(self, api, node, pod, inventory_fn, kmsg_path, record_form="journald", dcgmi="dcgmi",
-                 clock=now_utc, sleep=time.sleep):
+                 clock=now_utc, sleep=time.sleep, shim_dir=None):
         self.api = api
         self.node = node
         self.pod = pod
@@ -661,6 +700,7 @@ class FaultController:
         self.kmsg_path = kmsg_path
         self.record_form = record_form
         self.dcgmi = dcgmi
+        self.shim_dir = shim_dir   # the node's shim control directory, or None: shim faults refused
         self.clock = clock
         self.sleep = sleep
         self.selector = "%s=%s" % (fault_api.NODE_LABEL, fault_api.node_label_value(node))
@@ -745,7 +785,11 @@ class FaultController:
 
     def _plan(self, obj):
         plan = plan_fault(obj, self.node, self.inventory_fn(), self.record_form, self.dcgmi)
-        if plan.method == "kmsg":
+        if plan.shim and not (self.shim_dir and os.path.isdir(self.shim_dir)):
+            raise FaultRefused("GPUFault %s switches the CUDA shim, but the shim control directory %s is "
+                               "not there (is the host's %s mounted?)"
+                               % (fault_name(obj), self.shim_dir, shim_control.HOST_DIR))
+        if plan.method == "kmsg" and plan.actions:
             problem = kmsg_writable(self.kmsg_path)
             if problem:
                 raise FaultRefused(problem)
@@ -753,15 +797,21 @@ class FaultController:
 
     def _inject(self, obj, plan):
         claimed_at = (obj.get("status") or {}).get("claimedAt")
+        shim = None
         try:
+            if plan.shim:
+                # The shim switches first, so the application fails as the log line appears.
+                write_shim_control(self.shim_dir, plan.shim)
+                shim = plan.shim
             if plan.method == "kmsg":
                 write_kmsg(self.kmsg_path, plan.actions)
-            else:
+            elif plan.method == "dcgm":
                 run_dcgm(plan.actions)
-            status = final_status(obj, self.pod, self.clock(), plan.gpus, plan.records, claimed_at=claimed_at)
+            status = final_status(obj, self.pod, self.clock(), plan.gpus, plan.records, claimed_at=claimed_at,
+                                  shim=shim)
         except InjectionError as e:
             status = final_status(obj, self.pod, self.clock(), plan.gpus, plan.records[:e.done],
-                                  error=str(e), claimed_at=claimed_at)
+                                  error=str(e), claimed_at=claimed_at, shim=shim)
         except Exception as e:  # pylint: disable=broad-except
             # Claimed means this agent owes the fault a final phase, whatever went wrong.
             status = final_status(obj, self.pod, self.clock(), plan.gpus, (),
@@ -824,7 +874,25 @@ class FaultController:
         items, resource_version = self.api.list_faults(self.selector)
         for obj in items:
             self._handle_safely(obj, listed=True)
+        self.release_shim(present={fault_name(obj) for obj in items})
         return resource_version
+
+    def release_shim(self, deleted=None, present=None):
+        """Disarm the node's shim when the fault that armed it is gone, so cleanup is exact.
+
+        Called with the name of a deleted fault (watch), or with every fault that exists (list),
+        which catches a deletion this agent missed while it was not running.
+        """
+        if not self.shim_dir:
+            return
+        state = read_shim_control(self.shim_dir)
+        if not state or not state["armed"]:
+            return
+        gone = state["fault"] == deleted if deleted else (present is not None and state["fault"] not in present)
+        if gone:
+            with self.busy:
+                write_shim_control(self.shim_dir, shim_control.render(False, int(time.time() * 1000), state["fault"]))
+            log("shim_disarmed", fault=state["fault"], reason="the fault that armed it was deleted")
 
     def _handle_safely(self, obj, listed=False):
         try:
@@ -847,6 +915,11 @@ class FaultController:
             resource_version = (obj.get("metadata") or {}).get("resourceVersion") or resource_version
             if kind in ("ADDED", "MODIFIED"):
                 self._handle_safely(obj)
+            elif kind == "DELETED":
+                try:
+                    self.release_shim(deleted=fault_name(obj))
+                except InjectionError as e:
+                    warn("shim_release_failed", fault=fault_name(obj), error=str(e))
         return resource_version
 
     def run(self, resync_seconds=600, watch_seconds=300, max_backoff=30):
@@ -882,6 +955,8 @@ def parse_args(argv=None):
     parser.add_argument("--pod-name", default=os.environ.get("POD_NAME"), help="this pod (env POD_NAME)")
     parser.add_argument("--kmsg", default="/host/dev/kmsg", help="the host's /dev/kmsg")
     # The driver's directory itself, so that the mount and the flag name the same path.
+    parser.add_argument("--shim-dir", default=shim_control.AGENT_DIR,
+                        help="the host's CUDA fault shim control directory (%s)" % shim_control.HOST_DIR)
     parser.add_argument("--nvidia-proc", default="/host/proc/driver/nvidia", help="the host's /proc/driver/nvidia")
     parser.add_argument("--dcgmi", default="dcgmi", help="dcgmi executable (method dcgm)")
     parser.add_argument("--record-form", choices=RECORD_FORMS, default="journald",
@@ -921,7 +996,7 @@ def main(argv=None):
     keeper = LeaseKeeper(api, args.namespace, args.node, args.pod_name, args.lease_seconds, inventory,
                          record_form=args.record_form)
     controller = FaultController(api, args.node, args.pod_name, inventory, args.kmsg,
-                                 record_form=args.record_form, dcgmi=args.dcgmi)
+                                 record_form=args.record_form, dcgmi=args.dcgmi, shim_dir=args.shim_dir)
     gpus = inventory()
     log("agent_started", node=args.node, namespace=args.namespace, pod=args.pod_name,
         gpus=[public_gpu(gpu) for gpu in gpus], record_form=args.record_form, kmsg=args.kmsg)

@@ -48,6 +48,7 @@ PHASE_FAILED = "Failed"
 FINAL_PHASES = (PHASE_INJECTED, PHASE_FAILED)
 
 METHODS = ("kmsg", "dcgm")
+SHIM_ACTIONS = ("arm", "disarm")  # the node's CUDA fault shim, switched in the same step (shim_control)
 MAX_GPU_INDEX = 63
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -150,16 +151,26 @@ def validate_spec(spec):
     """
     if not isinstance(spec, dict):
         raise FaultSpecError("spec must be an object")
-    allowed = {"node", "gpu", "xid", "sxid", "method", "message", "recoveryAction"}
+    allowed = {"node", "gpu", "xid", "sxid", "method", "message", "recoveryAction", "shim"}
     unknown = sorted(set(spec) - allowed)
     if unknown:
         raise FaultSpecError("unknown spec field(s): %s" % ", ".join(unknown))
     out = {"node": validate_node_name(spec.get("node")), "method": spec.get("method") or "kmsg"}
     if out["method"] not in METHODS:
         raise FaultSpecError("method %r is not one of %s" % (out["method"], ", ".join(METHODS)))
-    if (spec.get("xid") is None) == (spec.get("sxid") is None):
+    shim = spec.get("shim")
+    if shim is not None:
+        if shim not in SHIM_ACTIONS:
+            raise FaultSpecError("shim %r is not one of %s" % (shim, ", ".join(SHIM_ACTIONS)))
+        out["shim"] = shim
+    if shim == "arm" and spec.get("xid") is None:
+        raise FaultSpecError("arming the CUDA shim needs an xid: the shim returns that XID's CUDA error")
+    if spec.get("xid") is not None and spec.get("sxid") is not None:
         raise FaultSpecError("give exactly one of xid or sxid")
-    if spec.get("xid") is not None:
+    if spec.get("xid") is None and spec.get("sxid") is None:
+        if shim != "disarm":
+            raise FaultSpecError("give exactly one of xid or sxid (only shim: disarm stands alone)")
+    elif spec.get("xid") is not None:
         out["xid"] = _validate_xid(spec["xid"])
         out["gpu"] = validate_gpu_selector(spec.get("gpu"))
     else:

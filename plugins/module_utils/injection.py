@@ -33,9 +33,11 @@ def spec_for(params, node):
     spec = {"node": node, "method": params["method"]}
     if params.get("sxid"):
         spec["sxid"] = dict((k, v) for k, v in params["sxid"].items() if v is not None)
-    else:
+    elif params.get("xid") is not None:
         spec["xid"] = params["xid"]
         spec["gpu"] = gpu_selector(params["gpu"])
+    if params.get("shim"):
+        spec["shim"] = params["shim"]
     if params.get("text") is not None:
         spec["message"] = params["text"]
     if params.get("recovery_action") is not None:
@@ -45,6 +47,8 @@ def spec_for(params, node):
 
 def predicted_records(spec, gpus, record_form):
     """The records the agent would write for spec on the selected GPUs (what check mode reports)."""
+    if "xid" not in spec and "sxid" not in spec:
+        return []
     if spec["method"] == "dcgm":
         return ["dcgmi test --inject --gpuid %d -f 230 -v %d" % (gpu["index"], spec["xid"]) for gpu in gpus]
     if "sxid" in spec:
@@ -88,6 +92,7 @@ def result_of(obj):
         "injected_at": status.get("injectedAt"),
         "agent": status.get("agent"),
         "error": status.get("error"),
+        "shim_control": status.get("shimControl"),
     }
     if "xid" in spec:
         entry["xid"] = spec["xid"]

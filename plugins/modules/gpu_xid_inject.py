@@ -103,6 +103,16 @@ options:
       - For XID 154, the recovery action the driver announces.
     type: str
     choices: [None, GPU Reset Required, Node Reboot Required, Drain P2P, Drain and Reset]
+  shim:
+    description:
+      - Also switch the node's CUDA fault shim (installed in workloads by
+        M(gpu_resilience.fault_injection.cuda_shim_patch)), in the same step and just before the
+        records are written, so shimmed applications fail as the log line appears.
+      - C(arm) makes every shimmed process on the node return this XID's CUDA error (only on the
+        selected GPU when one GPU is selected); C(disarm) switches it off and needs no I(xid).
+      - Deleting the fault that armed the shim (I(state=absent)) disarms it again.
+    type: str
+    choices: [arm, disarm]
   method:
     description:
       - C(kmsg) writes driver lines to the kernel log (what NVSentinel and log-based detectors read);
@@ -166,7 +176,15 @@ EXAMPLES = r"""
     xid: 79
   check_mode: true
 
-- name: Remove the fault objects of a drill
+- name: XID 79 on GPU 2, and every shimmed CUDA process on the node fails with CUDA_ERROR_NO_DEVICE
+  gpu_resilience.fault_injection.gpu_xid_inject:
+    node: gpu-node-1
+    gpu: "2"
+    xid: 79
+    shim: arm
+    drill: xid79-drill
+
+- name: Remove the fault objects of a drill (deleting the arming fault disarms the shim)
   gpu_resilience.fault_injection.gpu_xid_inject:
     state: absent
     drill: ecc-drill-42
@@ -223,6 +241,10 @@ faults:
       description: The agent's error, for a failed fault.
       type: str
       sample: null
+    shim_control:
+      description: The CUDA shim control line the agent wrote on the node, when I(shim) was given.
+      type: str
+      sample: v1 armed=1 xid=79 error=100 gpu=0000:75:00.0 fault=xid79-gpu-node-1-7xk2p seq=1795461601123
 nodes:
   description: The target nodes.
   returned: state=present
@@ -255,6 +277,7 @@ def argument_spec():
         recovery_action=dict(type="str", choices=["None", "GPU Reset Required", "Node Reboot Required",
                                                   "Drain P2P", "Drain and Reset"]),
         method=dict(type="str", choices=["kmsg", "dcgm"], default="kmsg"),
+        shim=dict(type="str", choices=["arm", "disarm"]),
         name=dict(type="str"),
         drill=dict(type="str"),
         agent_namespace=dict(type="str", default="gpu-fault-injection"),
@@ -330,8 +353,11 @@ class Injector:
         return agent
 
     def create(self, spec, gpus, agent):
-        code = spec.get("xid") or spec["sxid"]["code"]
-        prefix = "%s%d-%s-" % ("xid" if "xid" in spec else "sxid", code, spec["node"])
+        if "xid" in spec or "sxid" in spec:
+            prefix = "%s%d-%s-" % ("xid" if "xid" in spec else "sxid", spec.get("xid") or spec["sxid"]["code"],
+                                   spec["node"])
+        else:
+            prefix = "shim-%s-%s-" % (spec["shim"], spec["node"])
         obj = fault_api.fault_object(self.namespace, spec, name=self.params["name"],
                                      generate_name=prefix[:40].rstrip("-.") + "-",
                                      drill=self.params["drill"], managed_by=MANAGED_BY)
@@ -392,8 +418,12 @@ def check_params(params):
         return None
     if bool(params["node"]) == bool(params["node_selector"]):
         return "give exactly one of node or node_selector"
-    if (params["xid"] is None) == (params["sxid"] is None):
+    if params["xid"] is not None and params["sxid"] is not None:
         return "give exactly one of xid or sxid"
+    if params["shim"] == "arm" and params["xid"] is None:
+        return "shim=arm needs an xid: the shim returns that XID's CUDA error"
+    if params["xid"] is None and params["sxid"] is None and params["shim"] != "disarm":
+        return "give exactly one of xid or sxid (only shim=disarm needs neither)"
     if params["count"] < 1:
         return "count must be at least 1"
     if params["name"] and (params["node_selector"] and params["count"] != 1):

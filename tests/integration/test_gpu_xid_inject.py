@@ -10,7 +10,7 @@ import os
 import pytest
 from kubernetes import client
 
-from support import RUN_LABEL, ansible_module, kmsg_path, run_playbook, wait_until
+from support import RUN_LABEL, RUNNER_STATE, ansible_module, kmsg_path, run_playbook, wait_until
 
 MODULE = "gpu_resilience.fault_injection.gpu_xid_inject"
 NAMESPACE = "gpu-fault-injection"
@@ -144,6 +144,35 @@ def test_the_agent_refuses_a_fault_addressed_to_another_node(agent, custom):
     obj = wait_until(verdict, 30, "the agent's verdict on the misaddressed fault")
     assert obj["status"]["phase"] == "Failed" and "gpu-node-2" in obj["status"]["error"]
     assert kmsg_sizes() == before
+
+
+def shim_control_file(node):
+    return os.path.join(RUNNER_STATE, "nodes", node, "host", "run", "gpu-fault-injection", "shim", "control")
+
+
+def shim_state(node):
+    with open(shim_control_file(node)) as f:
+        fields = dict(part.split("=", 1) for part in f.read().split()[1:])
+    return fields
+
+
+def test_shim_is_armed_with_the_xid_and_disarmed_when_the_fault_goes(agent):
+    result = inject(node="gpu-node-2", gpu="2", xid=79, shim="arm", drill="it-shim")
+    assert not result.get("failed"), result
+    (fault,) = result["faults"]
+    state = shim_state("gpu-node-2")
+    assert state == {"armed": "1", "xid": "79", "error": "100", "gpu": GPU2_PCI, "fault": fault["name"],
+                     "seq": state["seq"]}
+    assert fault["shim_control"] == open(shim_control_file("gpu-node-2")).read().strip()
+    # Deleting the fault that armed the shim disarms it: cleanup is exact.
+    assert inject(state="absent", drill="it-shim")["changed"]
+    wait_until(lambda: shim_state("gpu-node-2")["armed"] == "0", 10, "the agent to disarm the shim")
+    # A disarm on its own writes no kernel-log record.
+    before = kmsg_sizes()
+    off = inject(node="gpu-node-2", shim="disarm", drill="it-shim")
+    assert off["faults"][0]["phase"] == "Injected" and off["faults"][0]["records"] == []
+    assert kmsg_sizes() == before and shim_state("gpu-node-2")["armed"] == "0"
+    assert inject(state="absent", drill="it-shim")["changed"]
 
 
 def test_absent_removes_every_fault_and_is_idempotent(agent, custom):

@@ -28,6 +28,7 @@ _spec = importlib.util.spec_from_file_location("gpu_fault_agent", AGENT_DIR / "g
 agent = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(agent)
 fault_api = agent.fault_api
+shim_control = agent.shim_control
 xid_catalog = agent.xid_catalog
 
 # --- detectors ------------------------------------------------------------------------------
@@ -864,10 +865,82 @@ def test_args_rejected(argv, monkeypatch):
 
 
 def test_agent_file_is_standalone():
-    """Standard library plus the two shipped modules only; no listening socket, no shell."""
+    """Standard library plus the shipped modules only; no listening socket, no shell."""
     source = (AGENT_DIR / "gpu_fault_agent.py").read_text()
     imports = {name.split(".", maxsplit=1)[0] for name in re.findall(r"^(?:import|from) ([\w.]+)", source, re.MULTILINE)}
     stdlib = getattr(sys, "stdlib_module_names", imports)
-    assert imports - set(stdlib) <= {"xid_catalog", "fault_api"}
+    assert imports - set(stdlib) <= {"xid_catalog", "fault_api", "shim_control"}
     for forbidden in ("bind(", "listen(", "shell=True", "os.system", "socketserver", "http.server"):
         assert forbidden not in source
+
+
+# ============================================================================================
+# The CUDA fault shim's control file
+# ============================================================================================
+
+@pytest.fixture
+def shim_dir(tmp_path):
+    path = tmp_path / "shim"
+    path.mkdir()
+    return path
+
+
+def control(shim_dir):
+    return shim_control.parse((shim_dir / shim_control.CONTROL_FILE).read_text())
+
+
+def test_arming_writes_the_control_line_before_the_records(api, proc, kmsg, shim_dir):
+    order = []
+    real_write = agent.write_kmsg
+    controller = make_controller(api, proc, kmsg, shim_dir=str(shim_dir))
+    agent.write_kmsg = lambda path, payloads: order.append(("kmsg", (shim_dir / "control").exists())) \
+        or real_write(path, payloads)
+    try:
+        controller.handle(api.add("arm79", xid_spec(gpu={"index": 2}, shim="arm")))
+    finally:
+        agent.write_kmsg = real_write
+    assert order == [("kmsg", True)]   # the control file existed when the records went out
+    state = control(shim_dir)
+    gpu2 = agent.discover_gpus(str(proc / "driver" / "nvidia"))[2]["pci"]
+    assert state["armed"] and state["xid"] == 79 and state["error"] == 100 and state["gpu"] == gpu2
+    assert state["fault"] == "arm79"
+    status = api.faults["arm79"]["status"]
+    assert status["phase"] == fault_api.PHASE_INJECTED and status["shimControl"].startswith("v1 armed=1 xid=79")
+    assert payloads(kmsg)
+
+
+def test_arming_all_gpus_targets_none_and_disarm_stands_alone(api, proc, kmsg, shim_dir):
+    controller = make_controller(api, proc, kmsg, shim_dir=str(shim_dir))
+    controller.handle(api.add("arm48", xid_spec(gpu={"all": True}, xid=48, shim="arm")))
+    assert control(shim_dir)["error"] == 214 and "gpu" not in control(shim_dir)
+    before = kmsg.read_bytes()
+    controller.handle(api.add("off", {"node": NODE, "shim": "disarm"}))
+    assert not control(shim_dir)["armed"] and kmsg.read_bytes() == before   # nothing logged
+    assert api.faults["off"]["status"]["phase"] == fault_api.PHASE_INJECTED
+
+
+def test_shim_fault_without_the_control_directory_is_refused(api, proc, kmsg, tmp_path):
+    controller = make_controller(api, proc, kmsg, shim_dir=str(tmp_path / "missing"))
+    controller.handle(api.add("arm79", xid_spec(shim="arm")))
+    status = api.faults["arm79"]["status"]
+    assert status["phase"] == fault_api.PHASE_FAILED and "shim control directory" in status["error"]
+    assert kmsg.read_bytes() == b""
+
+
+def test_deleting_the_arming_fault_disarms(api, proc, kmsg, shim_dir):
+    controller = make_controller(api, proc, kmsg, shim_dir=str(shim_dir))
+    controller.handle(api.add("arm79", xid_spec(shim="arm")))
+    controller.release_shim(deleted="someone-else")
+    assert control(shim_dir)["armed"]
+    controller.release_shim(deleted="arm79")
+    assert not control(shim_dir)["armed"] and control(shim_dir)["fault"] == "arm79"
+
+
+def test_a_deletion_missed_while_down_disarms_at_the_next_list(api, proc, kmsg, shim_dir):
+    controller = make_controller(api, proc, kmsg, shim_dir=str(shim_dir))
+    controller.handle(api.add("arm79", xid_spec(shim="arm")))
+    controller.sync()
+    assert control(shim_dir)["armed"]          # the fault still exists
+    del api.faults["arm79"]
+    controller.sync()
+    assert not control(shim_dir)["armed"]

@@ -55,6 +55,8 @@ def test_valid_spec_is_normalised():
     (spec(xid=154, recoveryAction="Reboot please"), "recoveryAction"),
     (spec(extra=1), "unknown spec field"),
     ({"node": "gpu-node-1"}, "exactly one of xid or sxid"),
+    ({"node": "gpu-node-1", "shim": "arm"}, "needs an xid"),
+    (spec(shim="on"), "shim"),
     (spec(sxid={"code": 12028, "pci": "0000:05:00.0"}), "exactly one of xid or sxid"),
 ])
 def test_bad_specs_are_refused_with_a_clear_error(bad, words):
@@ -134,7 +136,8 @@ def test_crd_agrees_with_the_contract_and_the_catalog():
     assert version["name"] == fault_api.VERSION
     props = version["schema"]["openAPIV3Schema"]["properties"]
     spec_props = props["spec"]["properties"]
-    assert set(spec_props) == {"node", "gpu", "xid", "sxid", "method", "message", "recoveryAction"}
+    assert set(spec_props) == {"node", "gpu", "xid", "sxid", "method", "message", "recoveryAction", "shim"}
+    assert spec_props["shim"]["enum"] == list(fault_api.SHIM_ACTIONS)
     assert spec_props["method"]["enum"] == list(fault_api.METHODS)
     assert sorted(spec_props["recoveryAction"]["enum"]) == sorted(xid_catalog.RECOVERY_ACTIONS)
     assert spec_props["message"]["maxLength"] == xid_catalog.MAX_MESSAGE_LEN
@@ -142,3 +145,8 @@ def test_crd_agrees_with_the_contract_and_the_catalog():
     phases = props["status"]["properties"]["phase"]["enum"]
     assert sorted(phases) == sorted([fault_api.PHASE_INJECTING] + list(fault_api.FINAL_PHASES))
     assert max(xid_catalog.codes()) <= spec_props["xid"]["maximum"]
+
+
+def test_shim_switches():
+    assert fault_api.validate_spec(spec(shim="arm"))["shim"] == "arm"
+    assert fault_api.validate_spec({"node": "n1", "shim": "disarm"}) == {"node": "n1", "method": "kmsg", "shim": "disarm"}

@@ -14,7 +14,7 @@ GPUS = [{"index": 0, "minor": 1, "pci": "0000:53:00.0", "uuid": "GPU-ebed76ae-95
 
 def params(**overrides):
     base = dict(state="present", node="gpu-node-1", node_selector=None, count=1, gpu="0", xid=79, sxid=None,
-                text=None, recovery_action=None, method="kmsg", name=None, drill=None,
+                text=None, recovery_action=None, method="kmsg", shim=None, name=None, drill=None,
                 agent_namespace="gpu-fault-injection", wait=True, wait_timeout=60)
     base.update(overrides)
     return base
@@ -97,6 +97,8 @@ def test_dead_or_broken_agents_are_explained(obj, words):
     (dict(node=None), "exactly one of node or node_selector"),
     (dict(node_selector="a=b"), "exactly one of node or node_selector"),
     (dict(xid=None), "exactly one of xid or sxid"),
+    (dict(xid=None, shim="arm"), "shim=arm needs an xid"),
+    (dict(sxid={"code": 12028}), "exactly one of xid or sxid"),
     (dict(node=None, node_selector="a=b", count=0), "count"),
     (dict(node=None, node_selector="a=b", count=2, name="f"), "single target node"),
     (dict(wait_timeout=0), "wait_timeout"),
@@ -112,3 +114,10 @@ def test_module_arguments_match_its_documentation():
     documented = set(yaml.safe_load(gpu_xid_inject.DOCUMENTATION)["options"])
     documented |= set(yaml.safe_load(agent.ModuleDocFragment.DOCUMENTATION)["options"])
     assert documented == set(gpu_xid_inject.argument_spec())
+
+
+def test_shim_only_disarm():
+    assert gpu_xid_inject.check_params(params(xid=None, shim="disarm")) is None
+    spec = injection.spec_for(params(xid=None, shim="disarm"), "n1")
+    assert spec == {"node": "n1", "method": "kmsg", "shim": "disarm"}
+    assert injection.predicted_records(spec, [], "journald") == []
