@@ -116,3 +116,21 @@ def run_playbook(name, extra_vars=None, check=False):
 def kmsg_path(node):
     """A simulated node's /dev/kmsg: a regular file in its host root (see tools/localcluster)."""
     return os.path.join(RUNNER_STATE, "nodes", node, "host", "dev", "kmsg")
+
+
+def read_runner_index():
+    """The local pod runner's index of the pods it runs (pids, restarts), or {} while it has none."""
+    try:
+        with open(os.path.join(RUNNER_STATE, "pods", "index.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def alive(pid):
+    """Whether pid is a live process (a zombie counts as gone)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError, TypeError):
+        return False

@@ -18,8 +18,8 @@ import uuid
 import pytest
 from kubernetes import client
 
-from support import (PLAYBOOK_TIMINGS, ROOT, RUN_LABEL, RUNNER_STATE, ansible_playbook, exists, kmsg_path,
-                     run_playbook, wait_until)
+from support import (PLAYBOOK_TIMINGS, ROOT, RUN_LABEL, RUNNER_STATE, alive, ansible_playbook, exists, kmsg_path,
+                     read_runner_index, run_playbook, wait_until)
 
 NAMESPACE = "gpu-fault-injection"
 AGENT = "gpu-fault-agent"
@@ -41,27 +41,12 @@ EXPECTED_GRANTS = {(GROUP, "gpufaults", verb) for verb in ("get", "list", "watch
 
 # --- helpers -----------------------------------------------------------------------------------
 
-def read_index():
-    try:
-        with open(os.path.join(RUNNER_STATE, "pods", "index.json")) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
-
-
-def alive(pid):
-    """Whether pid is a live process (a zombie counts as gone)."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError, TypeError):
-        return False
 
 
 def live_agents():
     """node -> [(pod name, pid, index entry)] of the agent processes the runner runs now."""
     out = {}
-    for entry in (read_index().get("pods") or {}).values():
+    for entry in (read_runner_index().get("pods") or {}).values():
         if entry.get("namespace") != NAMESPACE or not entry.get("name", "").startswith(AGENT + "-"):
             continue
         pid = ((entry.get("containers") or {}).get("agent") or {}).get("pid")

@@ -16,12 +16,7 @@ import uuid
 import pytest
 from kubernetes import client
 
-from support import exists, wait_until
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-RUNNER_STATE = os.environ.get("LOCALCLUSTER_RUNNER_STATE",
-                              os.path.join(ROOT, "build", "localcluster", "runner"))
-RUN_LABEL = "local-runner.gpu-resilience.io/run"
+from support import RUN_LABEL, RUNNER_STATE, alive, exists, read_runner_index, wait_until
 PORT = 8080
 TIMEOUT = 60
 
@@ -103,25 +98,10 @@ def delete(call):
             raise
 
 
-def read_index():
-    try:
-        with open(os.path.join(RUNNER_STATE, "pods", "index.json")) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
-
 
 def runner_entry(uid):
-    return (read_index().get("pods") or {}).get(uid)
+    return (read_runner_index().get("pods") or {}).get(uid)
 
-
-def alive(pid):
-    """Whether pid is a live process (a zombie counts as gone)."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def tail(path, lines=25):
@@ -139,7 +119,7 @@ def diagnostics(core, ns):
         out.append("%s uid=%s node=%s phase=%s ip=%s deleting=%s" % (
             pod.metadata.name, pod.metadata.uid, pod.spec.node_name, pod.status.phase,
             pod.status.pod_ip, pod.metadata.deletion_timestamp))
-    index = read_index()
+    index = read_runner_index()
     out.append("--- runner index (%s)\n%s" % (RUNNER_STATE, json.dumps(index, indent=1)[-3000:]))
     for entry in (index.get("pods") or {}).values():
         if entry.get("namespace") == ns:

@@ -31,21 +31,7 @@ fault_api = agent.fault_api
 shim_control = agent.shim_control
 xid_catalog = agent.xid_catalog
 
-# --- detectors ------------------------------------------------------------------------------
-NVS_XID = re.compile(
-    r"NVRM: Xid \(PCI:([0-9a-fA-F:.]+)\): (\d+)(?:, pid=(\d+))?(?:, name=([^,]+))?(?:, Ch ([0-9a-fA-F]+))?")
-NVS_SXID = re.compile(
-    r"nvidia-nvswitch(\d+): SXid \(PCI:([0-9a-fA-F:.]+)\): (\d+), (Fatal|Non-fatal), Link (\d+) (.+)")
-NVS_FALLEN = re.compile(
-    r"(?s)NVRM: The NVIDIA GPU ([0-9a-fA-F:.]+).*?fallen off the bus and is not responding to commands")
-AWS_XID_GREP = re.compile(r"NVRM.*Xid", re.IGNORECASE)
-AWS_SXID_GREP = re.compile(r"SXid", re.IGNORECASE)
-
-
-def aws_code(line):
-    """sed -nE 's/.*Xid[^)]*\\):[[:space:]]*([0-9]+).*/\\1/p' in Python."""
-    result = re.sub(r".*Xid[^)]*\):\s*([0-9]+).*", r"\1", line, flags=re.DOTALL)
-    return result if result != line else None
+from detectors import NVS_XID, NVS_SXID, NVS_FALLEN, AWS_XID_GREP, AWS_SXID_GREP, aws_code  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def journald(payload):
