@@ -42,7 +42,6 @@ EXPECTED_GRANTS = {(GROUP, "gpufaults", verb) for verb in ("get", "list", "watch
 # --- helpers -----------------------------------------------------------------------------------
 
 
-
 def live_agents():
     """node -> [(pod name, pid, index entry)] of the agent processes the runner runs now."""
     out = {}

@@ -98,10 +98,8 @@ def delete(call):
             raise
 
 
-
 def runner_entry(uid):
     return (read_runner_index().get("pods") or {}).get(uid)
-
 
 
 def tail(path, lines=25):
