@@ -74,12 +74,18 @@ def parse(text):
     if not _LINE.match(line):
         raise ValueError("not a v1 shim control line: %r" % line[:80])
     fields = dict(part.split("=", 1) for part in line.split()[1:])
-    out = {"armed": fields.get("armed") == "1", "fault": fields.get("fault"), "seq": int(fields.get("seq", "0"))}
+    if fields.get("armed") not in ("0", "1"):
+        raise ValueError("armed must be 0 or 1 in %r" % line[:80])
+    out = {"armed": fields["armed"] == "1", "fault": fields.get("fault"), "seq": int(fields.get("seq", "0"))}
     for key in ("xid", "error"):
         if key in fields:
+            if not fields[key].isdigit():
+                raise ValueError("%s must be a number in %r" % (key, line[:80]))
             out[key] = int(fields[key])
+    if out["armed"] and not ("xid" in out and "error" in out):
+        raise ValueError("an armed control line needs xid and error: %r" % line[:80])
     if "gpu" in fields:
-        out["gpu"] = fields["gpu"]
+        out["gpu"] = xid_catalog.format_pci_bdf(fields["gpu"])   # strict: raises on a malformed address
     return out
 
 
