@@ -171,7 +171,8 @@ def test_rbac_is_least_privilege(deployed, apis):
     assert [(s.kind, s.name, s.namespace) for s in bindings[0].subjects] == [("ServiceAccount", AGENT, NAMESPACE)]
     # Nothing cluster-wide: no ClusterRole or ClusterRoleBinding from the role, and no cluster
     # binding that names the agent's ServiceAccount.
-    selector = "app.kubernetes.io/managed-by=" + MANAGED_BY
+    # (Other roles of the collection, e.g. gpu_healthcheck, may own ClusterRoles: select this role's objects.)
+    selector = "app.kubernetes.io/managed-by=%s,app.kubernetes.io/name=%s" % (MANAGED_BY, AGENT)
     assert rbac.list_cluster_role(label_selector=selector).items == []
     assert rbac.list_cluster_role_binding(label_selector=selector).items == []
     assert not [r.metadata.name for r in rbac.list_cluster_role().items if AGENT in r.metadata.name]

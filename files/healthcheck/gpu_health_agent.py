@@ -1,0 +1,1892 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to gpu_resilience.fault_injection
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""GPU health agent: watches one Kubernetes GPU node's kernel log and GPUs, and marks the node the way
+the AWS GPU health-check suite does, without that suite's known defects.
+
+Run as::
+
+    python3 gpu_health_agent.py --node NODE --config /etc/gpu-healthcheck/config.json \\
+        [--kmsg-source kmsg|journal|file] [--kmsg-path /host/dev/kmsg] [--host-root /host]
+
+with xid_catalog.py and node_marks.py (from plugins/module_utils) in the same directory. Python 3.8+
+standard library only. It opens no listening socket and starts no shell; the only programs it runs
+are journalctl (source ``journal``), nvidia-smi and fi_info, each with an argument list and a timeout.
+
+What it does:
+
+* follows the kernel log continuously, in a thread of its own: ``/dev/kmsg`` (from its end, so old
+  records are not reported again), ``journalctl -k -f -o json`` or a plain file that a fault agent
+  appends to. Every NVIDIA XID and SXid record becomes a finding, classified on the AWS suite's
+  ladder PASS < MONITOR < RESET < REBOOT < ISOLATE by ``xid_catalog.aws_severity`` (XID 154 by its
+  recovery action) or by the config's ``xid_severity_overrides``;
+* runs lightweight checks every ``interval_seconds``: GPU count, GPU state, ECC, retired pages / row
+  remapping, EFA devices, NVLink. A check whose tool is absent reports ``skipped`` and why;
+* marks its own node (and no other) through the Kubernetes API: labels ``<prefix>status``
+  (pass|warn|fail), ``<prefix>severity`` and ``<prefix>last-check``; annotations ``<prefix>results``
+  (JSON) and ``<prefix>agent-marks`` (JSON: which of taint and cordon the agent set); the taint
+  ``<prefix>unhealthy=true:NoSchedule`` at or above ``taint_min_severity`` (never below RESET); a
+  cordon only when ``cordon`` is set, at or above ``cordon_min_severity``. A record that raises the
+  node's severity is marked at once, not at the next check cycle; the records of a burst that arrive
+  within BATCH_WINDOW go into the same update.
+
+Severity is sticky: a finding stays active, and keeps the node at its severity, until an operator
+sets the annotation ``<prefix>clear-findings-before`` to an RFC 3339 time (the return-to-service
+playbook does). The agent then drops the findings last seen before that time and, if the node is
+healthy, removes the marks it set itself. Findings survive a restart of the agent: it reads them
+back from its results annotation. The agent never removes a mark it did not set: another
+controller's cordon (NVSentinel, an operator), the sweeper's ``<prefix>maintenance`` taint, anyone
+else's labels. It runs no DCGM diagnostic (that is the sweeper's job, on idle nodes), and it applies
+a changed config file without a restart.
+
+Layout, top-down: pure functions (configuration, kernel log records, classification, check
+results, findings, node marks), then I/O (Kubernetes API client, kernel log sources, tools), then
+the agent's loops and the command line.
+"""
+
+import argparse
+import copy
+import datetime
+import http.client
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from collections import namedtuple
+
+# xid_catalog.py and node_marks.py are shipped next to this file.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import xid_catalog  # noqa: E402  pylint: disable=wrong-import-position
+import node_marks  # noqa: E402  pylint: disable=wrong-import-position
+
+AGENT_NAME = "gpu-health-agent"
+FIELD_MANAGER = AGENT_NAME          # managedFields entry of the agent's node patches
+SERVICEACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+DEFAULT_CONFIG_PATH = "/etc/gpu-healthcheck/config.json"
+DEFAULT_KMSG_PATH = "/host/dev/kmsg"
+SOURCES = ("kmsg", "journal", "file")
+INSTANCE_TYPE_LABELS = ("node.kubernetes.io/instance-type", "beta.kubernetes.io/instance-type")
+
+# Timing. The watcher marks a record that raises the node's severity BATCH_WINDOW after reading it,
+# so that the rest of a burst (8 GPUs x several records) joins the same update.
+BATCH_WINDOW = 0.05
+UPDATE_DELAY = 1.0          # other new findings reach the results annotation within this
+CLEAR_MARK_DELAY = 10.0     # after a clear, the marks follow the re-run checks, or this at the latest
+FILE_POLL = 0.02            # file source: how often a quiet file is looked at again
+READ_TIMEOUT = 1.0          # sources return at least this often, so a stop is noticed
+TOOL_TIMEOUT = 20
+TOOL_KILL_WAIT = 5
+MARK_RETRY = 2.0
+CONFLICT_RETRIES = 5
+API_TIMEOUT = 15
+WATCH_SECONDS = 300
+NODE_POLL_SECONDS = 10      # node re-read interval when the API refuses this agent a watch
+MAX_BACKOFF = 30
+
+# Sizes.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_LINE = 1024             # longer kernel log lines are cut before matching (a kmsg record is shorter)
+MAX_TEXT = 240              # record text kept with a finding
+MAX_PENDING = 1 << 16       # file source: an unterminated line longer than this is taken as it is
+KMSG_READ_SIZE = 16384      # one /dev/kmsg record per read; the kernel's longest is 8 KiB
+MAX_FINDINGS = 200          # kept in memory; the mildest and oldest go first
+MAX_REPORTED_FINDINGS = 40  # in the results annotation (its size stays far below the API's limit)
+
+# ============================================================================================
+# Severities and mark names
+# ============================================================================================
+
+SEVERITIES = tuple(xid_catalog.SEVERITY_ORDER)            # PASS < MONITOR < RESET < REBOOT < ISOLATE
+MARKING_SEVERITIES = SEVERITIES[SEVERITIES.index("RESET"):]  # what a taint or cordon threshold may name
+STATUS_OF = {"PASS": "pass", "MONITOR": "warn", "RESET": "fail", "REBOOT": "fail", "ISOLATE": "fail"}
+# The AWS suite warns on every SXid and classifies none; an NVLink fault that matters comes with
+# its own XID (74, 144-150), which carries the severity.
+SXID_SEVERITY = "MONITOR"
+
+
+def mark_name(full_name):
+    """A mark's name without the AWS prefix (node_marks spells them with it); the agent's prefix is configurable."""
+    return full_name[len(node_marks.AWS_PREFIX):]
+
+
+STATUS_LABEL = mark_name(node_marks.AWS_STATUS_LABEL)              # status
+SEVERITY_LABEL = mark_name(node_marks.AWS_SEVERITY_LABEL)          # severity
+LAST_CHECK_LABEL = mark_name(node_marks.AWS_LAST_CHECK_LABEL)      # last-check
+RESULTS_ANNOTATION = mark_name(node_marks.AWS_RESULTS_ANNOTATION)  # results
+UNHEALTHY_TAINT = mark_name(node_marks.AWS_UNHEALTHY_TAINT["key"])  # unhealthy
+UNHEALTHY_VALUE = node_marks.AWS_UNHEALTHY_TAINT["value"]
+UNHEALTHY_EFFECT = node_marks.AWS_UNHEALTHY_TAINT["effect"]
+# The agent's own bookkeeping and the operator's clear request (not marks of the AWS suite).
+AGENT_MARKS_ANNOTATION = "agent-marks"
+CLEAR_ANNOTATION = "clear-findings-before"
+
+
+def rank(severity):
+    return SEVERITIES.index(severity)
+
+
+def at_least(severity, threshold):
+    return rank(severity) >= rank(threshold)
+
+
+def worst(severities):
+    """The worst of some severities; PASS for none."""
+    return xid_catalog.max_severity(*severities)
+
+
+# ============================================================================================
+# Time and logging: JSON lines, findings and mark changes on stdout, problems on stderr
+# ============================================================================================
+
+def now_utc():
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def rfc3339(moment):
+    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def label_time(moment):
+    """A UTC time as a label value may carry it: 20261122T184800Z."""
+    return moment.astimezone(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+RFC3339_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))")
+
+
+def parse_rfc3339(text):
+    """An aware datetime from an RFC 3339 time (fractions and offsets allowed); ValueError otherwise."""
+    match = RFC3339_RE.fullmatch(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError("%r is not an RFC 3339 time such as 2026-11-22T18:48:00Z" % (text,))
+    year, month, day, hour, minute, second = (int(part) for part in match.groups()[:6])
+    micro = int((match.group(7) or "0")[:6].ljust(6, "0"))
+    offset = datetime.timedelta(0)
+    if match.group(9):
+        offset = datetime.timedelta(hours=int(match.group(10)), minutes=int(match.group(11)))
+        if match.group(9) == "-":
+            offset = -offset
+    moment = datetime.datetime(year, month, day, hour, minute, second, micro, datetime.timezone(offset))
+    return moment.astimezone(datetime.timezone.utc)
+
+
+def log(event, stream=None, **fields):
+    entry = {"time": rfc3339(now_utc()), "event": event}
+    entry.update(fields)
+    out = stream or sys.stdout
+    out.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
+    out.flush()
+
+
+def warn(event, level="warning", **fields):
+    log(event, stream=sys.stderr, level=level, **fields)
+
+
+def clip(text, limit=MAX_TEXT):
+    text = str(text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# ============================================================================================
+# Configuration: a JSON file from a ConfigMap, validated and merged over the defaults
+# ============================================================================================
+
+CHECKS = ("gpu_count", "gpu_state", "ecc", "retired_pages", "efa", "nvlink")
+PROFILE_FIELDS = ("gpus", "efa")
+DEFAULT_CONFIG = {
+    "prefix": node_marks.AWS_PREFIX,
+    "interval_seconds": 60,
+    "taint_min_severity": "RESET",
+    "cordon": False,
+    "cordon_min_severity": "REBOOT",
+    "checks": dict((name, True) for name in CHECKS),
+    "instance_profiles": {
+        "p5.48xlarge": {"gpus": 8, "efa": 32},
+        "p4d.24xlarge": {"gpus": 8, "efa": 4},
+        "p5e.48xlarge": {"gpus": 8, "efa": 32},
+        "p5en.48xlarge": {"gpus": 8, "efa": 16},
+    },
+    "xid_severity_overrides": {},   # validated form: {int code: severity}
+}
+MIN_INTERVAL, MAX_INTERVAL = 1, 86400
+MAX_PROFILE_COUNT = 1024
+PREFIX_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/")
+CODE_RE = re.compile(r"[0-9]{1,6}")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be applied; the message names the offending key."""
+
+
+def default_config():
+    return copy.deepcopy(DEFAULT_CONFIG)
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _marking_severity(key, value):
+    if value not in MARKING_SEVERITIES:
+        raise ConfigError("%s must be one of %s, got %r: MONITOR findings (application-level XIDs such as 13) "
+                          "never taint or cordon a node" % (key, ", ".join(MARKING_SEVERITIES), value))
+    return value
+
+
+def validate_config(raw):
+    """(config, notes): the full configuration from a parsed JSON document, defaults for what it omits.
+
+    ``checks`` and ``instance_profiles`` are merged over the defaults entry by entry. Unknown keys are
+    ignored, each with a note. Raises ConfigError naming the first invalid value.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError("the configuration must be a JSON object, got %s" % type(raw).__name__)
+    config = default_config()
+    notes = ["unknown key %r ignored" % key for key in sorted(raw) if key not in DEFAULT_CONFIG]
+    if "prefix" in raw:
+        prefix = raw["prefix"]
+        if not isinstance(prefix, str) or len(prefix) > 254 or not PREFIX_RE.fullmatch(prefix):
+            raise ConfigError("prefix must be a DNS subdomain followed by '/', such as %s, got %r"
+                              % (node_marks.AWS_PREFIX, prefix))
+        config["prefix"] = prefix
+    if "interval_seconds" in raw:
+        interval = raw["interval_seconds"]
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not MIN_INTERVAL <= interval <= MAX_INTERVAL:
+            raise ConfigError("interval_seconds must be a number from %d to %d, got %r" % (MIN_INTERVAL, MAX_INTERVAL, interval))
+        config["interval_seconds"] = interval
+    for key in ("taint_min_severity", "cordon_min_severity"):
+        if key in raw:
+            config[key] = _marking_severity(key, raw[key])
+    if "cordon" in raw:
+        if not isinstance(raw["cordon"], bool):
+            raise ConfigError("cordon must be true or false, got %r" % (raw["cordon"],))
+        config["cordon"] = raw["cordon"]
+    if "checks" in raw:
+        _merge_checks(config, raw["checks"], notes)
+    if "instance_profiles" in raw:
+        _merge_profiles(config, raw["instance_profiles"], notes)
+    if "xid_severity_overrides" in raw:
+        config["xid_severity_overrides"] = _overrides(raw["xid_severity_overrides"])
+    return config, notes
+
+
+def _merge_checks(config, checks, notes):
+    if not isinstance(checks, dict):
+        raise ConfigError("checks must be an object of check name -> true/false, got %r" % (checks,))
+    for name, enabled in checks.items():
+        if name not in CHECKS:
+            notes.append("unknown check %r ignored (known: %s)" % (name, ", ".join(CHECKS)))
+        elif not isinstance(enabled, bool):
+            raise ConfigError("checks.%s must be true or false, got %r" % (name, enabled))
+        else:
+            config["checks"][name] = enabled
+
+
+def _merge_profiles(config, profiles, notes):
+    if not isinstance(profiles, dict):
+        raise ConfigError("instance_profiles must be an object of instance type -> {gpus, efa}, got %r" % (profiles,))
+    for instance_type, profile in profiles.items():
+        if not instance_type or not isinstance(profile, dict):
+            raise ConfigError("instance_profiles.%s must be an object such as {\"gpus\": 8, \"efa\": 32}, got %r"
+                              % (instance_type, profile))
+        clean = {}
+        for field, count in profile.items():
+            if field not in PROFILE_FIELDS:
+                notes.append("instance_profiles.%s: unknown field %r ignored" % (instance_type, field))
+            elif not _is_int(count) or not 0 <= count <= MAX_PROFILE_COUNT:
+                raise ConfigError("instance_profiles.%s.%s must be an integer from 0 to %d, got %r"
+                                  % (instance_type, field, MAX_PROFILE_COUNT, count))
+            else:
+                clean[field] = count
+        config["instance_profiles"][instance_type] = clean
+
+
+def _overrides(overrides):
+    if not isinstance(overrides, dict):
+        raise ConfigError("xid_severity_overrides must be an object of \"code\" -> severity, got %r" % (overrides,))
+    clean = {}
+    for code, severity in overrides.items():
+        if not isinstance(code, str) or not CODE_RE.fullmatch(code):
+            raise ConfigError("xid_severity_overrides: %r is not an XID code (a decimal number)" % (code,))
+        if severity not in SEVERITIES:
+            raise ConfigError("xid_severity_overrides.%s must be one of %s, got %r" % (code, ", ".join(SEVERITIES), severity))
+        clean[int(code)] = severity
+    return clean
+
+
+def config_summary(config):
+    """What the results annotation says about the thresholds in force."""
+    return {"prefix": config["prefix"], "taint_min_severity": config["taint_min_severity"],
+            "cordon_min_severity": config["cordon_min_severity"] if config["cordon"] else None,
+            "xid_severity_overrides": dict((str(code), sev) for code, sev in sorted(config["xid_severity_overrides"].items()))}
+
+
+# ============================================================================================
+# Kernel log records: /dev/kmsg reads, journalctl JSON lines, plain files
+# ============================================================================================
+
+# A record's text (possibly several lines) and what the source says about it.
+Record = namedtuple("Record", "text meta")
+
+KMSG_ESCAPE_RE = re.compile(rb"\\x([0-9a-fA-F]{2})")
+PRIORITY_RE = re.compile(rb"<(\d{1,3})>")
+
+
+def kmsg_unescape(data):
+    """/dev/kmsg escapes control bytes, non-ASCII bytes and backslashes as ``\\xNN``."""
+    return KMSG_ESCAPE_RE.sub(lambda match: bytes((int(match.group(1), 16),)), data)
+
+
+def parse_kmsg(data):
+    """The records in what reads of /dev/kmsg returned.
+
+    Each read returns one record, ``PRI,SEQ,USEC,FLAGS[,...];MESSAGE\\n``, followed by continuation
+    lines `` KEY=VALUE\\n`` (the record's dictionary: SUBSYSTEM, DEVICE). Newlines inside the message
+    arrive as ``\\x0a``. Several records in one buffer (a regular file read in tests) are split on
+    lines that do not start with a space. Lines without a valid header are skipped.
+    """
+    records = []
+    current = None
+    for line in data.split(b"\n"):
+        if not line:
+            continue
+        if line.startswith(b" "):
+            key, sep, value = line[1:].partition(b"=")
+            if current is not None and sep:
+                current.meta["fields"][key.decode("ascii", "replace")] = kmsg_unescape(value).decode("utf-8", "replace")
+            continue
+        header, sep, message = line.partition(b";")
+        parts = header.split(b",")
+        if not sep or len(parts) < 3 or not all(part.isdigit() for part in parts[:3]):
+            current = None
+            continue
+        priority, seq, usec = (int(part) for part in parts[:3])
+        current = Record(kmsg_unescape(message).decode("utf-8", "replace"),
+                         {"source": "kmsg", "priority": priority, "seq": seq, "usec": usec, "fields": {}})
+        records.append(current)
+    return records
+
+
+def journal_value(value):
+    """A journal JSON field as text: a string, an array of bytes, or an array of either (repeated field)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        if all(_is_int(item) and 0 <= item < 256 for item in value):
+            return bytes(value).decode("utf-8", "replace")
+        parts = [journal_value(item) for item in value]
+        return "\n".join(part for part in parts if part is not None)
+    return None
+
+
+def parse_journal(line):
+    """A Record from one line of ``journalctl -o json``; None for an entry without a message.
+
+    journald takes the leading ``identifier:`` of a user-space /dev/kmsg record (``NVRM: Xid ...``)
+    as SYSLOG_IDENTIFIER and keeps only the rest as MESSAGE; the record is rebuilt as
+    ``IDENTIFIER[PID]: MESSAGE``. Kernel records (identifier ``kernel``) keep MESSAGE as it is.
+    Raises ValueError for a line that is not a JSON object.
+    """
+    entry = json.loads(line.decode("utf-8", "replace") if isinstance(line, bytes) else line)
+    if not isinstance(entry, dict):
+        raise ValueError("journal entry is not a JSON object")
+    message = journal_value(entry.get("MESSAGE"))
+    if message is None:
+        return None
+    ident = journal_value(entry.get("SYSLOG_IDENTIFIER"))
+    if ident and ident != "kernel":
+        pid = journal_value(entry.get("SYSLOG_PID"))
+        message = "%s%s: %s" % (ident, "[%s]" % pid if pid else "", message)
+    meta = {"source": "journal", "cursor": journal_value(entry.get("__CURSOR"))}
+    stamp = journal_value(entry.get("__REALTIME_TIMESTAMP"))
+    if stamp and stamp.isdigit():
+        meta["usec"] = int(stamp)
+    return Record(message, meta)
+
+
+def split_file_records(data):
+    """(records, rest): the complete records at the start of ``data`` and the unterminated rest.
+
+    A line that starts with a priority prefix (``<3>``) begins a record and loses the prefix; a line
+    without one continues the record before it in the same data (the driver's multi-line messages,
+    written in one write), or begins one.
+    """
+    lines = data.split(b"\n")
+    rest = lines.pop()
+    records = []
+    for raw in lines:
+        line = raw.rstrip(b"\r")
+        if not line:
+            continue
+        match = PRIORITY_RE.match(line)
+        if match or not records:
+            priority = int(match.group(1)) if match else None
+            text = line[match.end():] if match else line
+            records.append([{"source": "file", "priority": priority}, [text]])
+        else:
+            records[-1][1].append(line)
+    return [Record(b"\n".join(parts).decode("utf-8", "replace"), meta) for meta, parts in records], rest
+
+
+# ============================================================================================
+# Findings from records: the AWS suite's patterns, the catalog's severities
+# ============================================================================================
+
+# grep -i "NVRM.*Xid", then sed 's/.*Xid[^)]*\):[[:space:]]*([0-9]+).*/\1/' as the AWS suite does.
+XID_GREP_RE = re.compile(r"NVRM.*Xid", re.IGNORECASE)
+XID_CODE_RE = re.compile(r".*Xid[^)]*\):\s*([0-9]+)")
+XID_PCI_RE = re.compile(r"Xid\s*\(PCI:([0-9a-fA-F:.]+)\)", re.IGNORECASE)
+# grep -i "SXid"; the code and switch as NVSentinel's SXid pattern reads them.
+SXID_GREP_RE = re.compile(r"SXid", re.IGNORECASE)
+SXID_RE = re.compile(r"SXid\s*\(PCI:([0-9a-fA-F:.]+)\):\s*([0-9]+)(?:,\s*(Fatal|Non-fatal))?", re.IGNORECASE)
+NVSWITCH_RE = re.compile(r"nvidia-nvswitch(\d+):")
+
+
+def parse_line(line):
+    """The XID or SXid one kernel log line reports, as an observation dict; None for other lines.
+
+    XID: ``{kind: xid, xid, pci, text}``; ``xid`` is None for a line that matches the suite's grep
+    but not its code expression. SXid: ``{kind: sxid, sxid, pci, switch, fatal, text}``.
+    """
+    line = line[:MAX_LINE]
+    if SXID_GREP_RE.search(line):
+        match = SXID_RE.search(line)
+        if match is None:
+            return None
+        switch = NVSWITCH_RE.search(line)
+        return {"kind": "sxid", "sxid": int(match.group(2)), "pci": match.group(1).lower(),
+                "switch": int(switch.group(1)) if switch else None,
+                "fatal": match.group(3).lower() == "fatal" if match.group(3) else None, "text": clip(line.strip())}
+    if not XID_GREP_RE.search(line):
+        return None
+    code = XID_CODE_RE.match(line)   # sed's leading ".*": anchored, one pass
+    pci = XID_PCI_RE.search(line)
+    return {"kind": "xid", "xid": int(code.group(1)) if code else None,
+            "pci": pci.group(1).lower() if pci else None, "text": clip(line.strip())}
+
+
+def record_observations(record):
+    """The XIDs and SXids of a record, one per matching line (a record may span several lines)."""
+    found = []
+    for line in record.text.splitlines():
+        observation = parse_line(line)
+        if observation is not None:
+            found.append(observation)
+    return found
+
+
+def xid_severity(code, text="", overrides=None):
+    """The severity of an XID: the config's override for the code, else the AWS suite's (catalog)."""
+    if overrides and code in overrides:
+        return overrides[code]
+    return xid_catalog.aws_severity(code, text)
+
+
+def finding_severity(finding, overrides=None):
+    kind = finding["kind"]
+    if kind == "xid":
+        return xid_severity(finding["xid"], finding.get("text") or "", overrides)
+    if kind == "sxid":
+        return SXID_SEVERITY
+    return finding["severity"]
+
+
+def finding_key(finding):
+    """What makes two observations the same finding.
+
+    XIDs: code, GPU and the catalog's own severity for the line, so that an XID 154 that asks for a
+    reboot and a later one that asks for nothing stay two findings (the milder one cannot replace the
+    worse). SXids: code and switch. Checks: the check.
+    """
+    kind = finding["kind"]
+    if kind == "xid":
+        return ("xid", finding["xid"], finding.get("pci"), xid_catalog.aws_severity(finding["xid"], finding.get("text") or ""))
+    if kind == "sxid":
+        return ("sxid", finding["sxid"], finding.get("pci"))
+    return ("check", finding["check"])
+
+
+# ============================================================================================
+# Lightweight checks: tool results -> {status, severity, detail}
+# ============================================================================================
+#
+# Severity of each condition. The rule: the mildest severity that (a) takes the node out of new
+# scheduling when it cannot run a full-size job correctly and (b) names a remediation that can fix
+# it. A condition seen only indirectly or possibly transient warns (MONITOR) and never taints.
+CHECK_SEVERITIES = {
+    # Fewer GPUs than the instance type has: a GPU fell off the bus or did not initialise. The driver's
+    # verdict for that (XID 79) is a reboot, which enumerates the GPUs again; the AWS suite's ISOLATE
+    # (replace the instance) is left to the operator once a reboot did not help.
+    "gpu_missing": "REBOOT",
+    "gpu_extra": "MONITOR",            # more GPUs than the profile says: the profile is wrong, not the node
+    "smi_failed": "REBOOT",            # nvidia-smi is there but cannot talk to the driver or a GPU
+    "tool_timeout": "MONITOR",         # a hung tool: often load, sometimes a stuck GPU; warn only
+    "gpu_reset_required": "RESET",     # nvidia-smi reports "[GPU requires reset]"
+    "gpu_lost": "REBOOT",              # "[GPU is lost]" / "[Unknown Error]" in a GPU's values
+    "value_error": "MONITOR",          # "[ERR!]" reading one value (a sensor)
+    "ecc_uncorrectable": "RESET",      # volatile uncorrectable ECC errors > 0; a GPU reset clears them
+    "retired_pages_pending": "REBOOT",  # a page waits for retirement at the next driver load
+    "row_remap_pending": "RESET",      # a row waits for remapping, done by a GPU reset (XID 63's own words)
+    "row_remap_failure": "ISOLATE",    # spare rows exhausted: only replacing the GPU helps
+    "efa_missing": "REBOOT",           # fewer EFA devices than the instance type has
+    "nvlink_inactive": "RESET",        # NVLink links train again when the GPU is reset
+}
+SMI_LOST_MARKERS = ("gpu is lost", "unknown error")
+SMI_RESET_MARKER = "gpu requires reset"
+SMI_UNSUPPORTED_MARKERS = ("not a valid field", "not supported", "is not supported")
+NA_VALUES = ("n/a", "[n/a]", "[not supported]", "not supported", "")
+YES_VALUES = ("yes", "1", "true", "enabled")
+GPU_LINE_RE = re.compile(r"^GPU \d+:")
+LINK_RE = re.compile(r"^\s*Link (\d+):\s*(.*)$")
+
+# found: whether the executable exists; returncode None when it did not run to the end.
+ToolResult = namedtuple("ToolResult", "found returncode stdout stderr timed_out error")
+
+
+def tool_result(stdout="", returncode=0, stderr="", found=True, timed_out=False, error=None):
+    """A ToolResult with the usual defaults (tests and the probe build them the same way)."""
+    return ToolResult(found, returncode, stdout, stderr, timed_out, error)
+
+
+def result(severity, detail, **extra):
+    status = "pass" if severity == "PASS" else STATUS_OF[severity]
+    entry = {"status": status, "severity": severity, "detail": detail}
+    entry.update(extra)
+    return entry
+
+
+def skipped(reason, **extra):
+    entry = {"status": "skipped", "severity": "PASS", "detail": reason}
+    entry.update(extra)
+    return entry
+
+
+def tool_problem(name, tool, failure_severity, unsupported_ok=False):
+    """The result for a tool that did not answer normally, or None when it did."""
+    if not tool.found:
+        return skipped(tool.error or "%s not found" % name.split(" ", 1)[0])
+    if tool.timed_out:
+        return result(CHECK_SEVERITIES["tool_timeout"], "%s timed out" % name)
+    if tool.error:
+        return result(CHECK_SEVERITIES["tool_timeout"], "%s could not run: %s" % (name, tool.error))
+    if tool.returncode != 0:
+        message = first_line(tool.stderr) or first_line(tool.stdout) or "no output"
+        if unsupported_ok and any(marker in message.lower() for marker in SMI_UNSUPPORTED_MARKERS):
+            return skipped("%s: %s" % (name, message))
+        return result(failure_severity, "%s exited with status %s: %s" % (name, tool.returncode, message))
+    return None
+
+
+def first_line(text):
+    for line in (text or "").splitlines():
+        if line.strip():
+            return clip(line.strip(), 200)
+    return ""
+
+
+def csv_rows(text):
+    """Rows of ``--format=csv,noheader``: lists of stripped fields."""
+    return [[field.strip() for field in line.split(",")] for line in (text or "").splitlines() if line.strip()]
+
+
+def eval_gpu_count(smi, proc_count, expected, instance_type):
+    """GPU count: nvidia-smi -L (else the driver's /proc entries) against the instance profile."""
+    if smi.found:
+        problem = tool_problem("nvidia-smi -L", smi, CHECK_SEVERITIES["smi_failed"])
+        if problem:
+            return problem
+        count = sum(1 for line in smi.stdout.splitlines() if GPU_LINE_RE.match(line.strip()))
+        source = "nvidia-smi -L"
+    elif proc_count is not None:
+        count, source = proc_count, "/proc/driver/nvidia/gpus"
+    else:
+        return skipped("nvidia-smi not found and no /proc/driver/nvidia/gpus")
+    if expected is None:
+        return skipped("no GPU count in the instance profile of %s" % (instance_type or "this node (no instance-type label)"),
+                       count=count, source=source)
+    if count < expected:
+        return result(CHECK_SEVERITIES["gpu_missing"], "%d of %d GPUs present (%s)" % (count, expected, source),
+                      count=count, expected=expected, source=source)
+    if count > expected:
+        return result(CHECK_SEVERITIES["gpu_extra"], "%d GPUs present, the profile of %s says %d (%s)"
+                      % (count, instance_type, expected, source), count=count, expected=expected, source=source)
+    return result("PASS", "%d GPUs present (%s)" % (count, source), count=count, expected=expected, source=source)
+
+
+def eval_gpu_state(smi):
+    """GPU state: nvidia-smi --query-gpu values that say a GPU is lost or needs a reset."""
+    problem = tool_problem("nvidia-smi", smi, CHECK_SEVERITIES["smi_failed"])
+    if problem:
+        return problem
+    severity, details = "PASS", []
+    for row in csv_rows(smi.stdout):
+        values = " ".join(row).lower()
+        gpu = "GPU %s" % (row[0] if row else "?")
+        if SMI_RESET_MARKER in values:
+            found = "gpu_reset_required"
+        elif any(marker in values for marker in SMI_LOST_MARKERS):
+            found = "gpu_lost"
+        elif "err!" in values:
+            found = "value_error"
+        else:
+            continue
+        severity = worst((severity, CHECK_SEVERITIES[found]))
+        details.append("%s: %s" % (gpu, ", ".join(row[1:])))
+    if not details:
+        return result("PASS", "%d GPUs report normal state" % len(csv_rows(smi.stdout)))
+    return result(severity, "; ".join(details))
+
+
+def eval_ecc(smi):
+    """ECC: volatile uncorrectable error counts (index, ecc.errors.uncorrected.volatile.total)."""
+    problem = tool_problem("nvidia-smi", smi, CHECK_SEVERITIES["smi_failed"], unsupported_ok=True)
+    if problem:
+        return problem if problem["status"] == "skipped" else _warn_only(problem)
+    bad, reported = [], 0
+    for row in csv_rows(smi.stdout):
+        if len(row) < 2 or row[-1].lower() in NA_VALUES:
+            continue
+        reported += 1
+        if row[-1].isdigit() and int(row[-1]) > 0:
+            bad.append("GPU %s: %s" % (row[0], row[-1]))
+    if not reported:
+        return skipped("no GPU reports ECC counts (ECC disabled or not supported)")
+    if bad:
+        return result(CHECK_SEVERITIES["ecc_uncorrectable"], "volatile uncorrectable ECC errors: " + ", ".join(bad))
+    return result("PASS", "no volatile uncorrectable ECC errors on %d GPUs" % reported)
+
+
+def eval_retired_pages(retired, remapped):
+    """Retired pages pending (pre-Ampere) and row remapping pending / failed (Ampere and newer).
+
+    retired: ``index,retired_pages.pending``; remapped: ``index,remapped_rows.pending,remapped_rows.failure``.
+    A query the driver does not support, or values N/A on every GPU, leave that half out.
+    """
+    if not retired.found and not remapped.found:
+        return skipped(retired.error or "nvidia-smi not found")
+    severity, details, supported = "PASS", [], False
+    for name, tool, columns in (("retired_pages", retired, ("retired_pages_pending",)),
+                                ("remapped_rows", remapped, ("row_remap_pending", "row_remap_failure"))):
+        problem = tool_problem("nvidia-smi (%s)" % name, tool, CHECK_SEVERITIES["smi_failed"], unsupported_ok=True)
+        if problem:
+            if problem["status"] != "skipped":
+                severity = worst((severity, "MONITOR"))
+                details.append(problem["detail"])
+            continue
+        for row in csv_rows(tool.stdout):
+            for column, value in zip(columns, row[1:]):
+                if value.lower() in NA_VALUES:
+                    continue
+                supported = True
+                if value.lower() in YES_VALUES:
+                    severity = worst((severity, CHECK_SEVERITIES[column]))
+                    details.append("GPU %s: %s" % (row[0], column.replace("_", " ")))
+    if not supported and not details:
+        return skipped("no GPU reports retired pages or row remapping")
+    if not details:
+        return result("PASS", "no retired pages or row remappings pending")
+    return result(severity, "; ".join(details))
+
+
+def eval_efa(count, source, expected, instance_type):
+    """EFA: devices present against the instance profile. count None: nothing to count with (source says why)."""
+    if count is None:
+        return skipped(source)
+    if expected is None:
+        return skipped("no EFA count in the instance profile of %s" % (instance_type or "this node (no instance-type label)"),
+                       count=count, source=source)
+    if count < expected:
+        return result(CHECK_SEVERITIES["efa_missing"], "%d of %d EFA devices present (%s)" % (count, expected, source),
+                      count=count, expected=expected, source=source)
+    return result("PASS", "%d EFA devices present (%s)" % (count, source), count=count, expected=expected, source=source)
+
+
+def eval_nvlink(smi):
+    """NVLink: links that ``nvidia-smi nvlink -s`` reports inactive."""
+    problem = tool_problem("nvidia-smi nvlink -s", smi, CHECK_SEVERITIES["smi_failed"], unsupported_ok=True)
+    if problem:
+        return problem if problem["status"] == "skipped" else _warn_only(problem)
+    gpu, links, inactive = None, 0, []
+    for line in smi.stdout.splitlines():
+        if GPU_LINE_RE.match(line.strip()):
+            gpu = line.strip().split(":", 1)[0]
+            continue
+        match = LINK_RE.match(line)
+        if match:
+            links += 1
+            if "inactive" in match.group(2).lower():
+                inactive.append("%s link %s" % (gpu or "GPU ?", match.group(1)))
+    if not links:
+        return skipped("no NVLink links reported")
+    if inactive:
+        return result(CHECK_SEVERITIES["nvlink_inactive"], "%d of %d NVLink links inactive: %s"
+                      % (len(inactive), links, ", ".join(inactive[:16])), inactive=len(inactive), links=links)
+    return result("PASS", "%d NVLink links active" % links, inactive=0, links=links)
+
+
+def _warn_only(problem):
+    """A failing query of a secondary check warns: gpu_count and gpu_state judge nvidia-smi itself."""
+    return result("MONITOR", problem["detail"])
+
+
+def check_observations(results):
+    """Findings from one cycle's check results: one per check that did not pass."""
+    return [{"kind": "check", "check": name, "severity": entry["severity"], "detail": entry["detail"]}
+            for name, entry in sorted(results.items()) if entry.get("severity", "PASS") != "PASS"]
+
+
+# ============================================================================================
+# Findings: sticky, until an operator clears them
+# ============================================================================================
+
+class Findings:
+    """The node's active findings and the latest check results; thread-safe, no I/O.
+
+    An observation that matches an active finding (finding_key) updates its last time and count;
+    a check finding only ever moves to a worse severity. Nothing but clear_before() and the size cap
+    removes a finding: a later, milder result never replaces a worse one.
+    """
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.items = {}     # key -> finding dict (times as datetimes)
+        self.checks = {}    # check name -> latest result (with its time)
+
+    def add(self, observations, when, overrides=None):
+        """Add observations seen at ``when``: (severity before, severity after, [(finding, new)])."""
+        with self.lock:
+            before = self._severity(overrides)
+            added = [self._add(observation, when) for observation in observations]
+            after = self._severity(overrides)
+            return before, after, [(self._export(finding, overrides), new) for finding, new in added]
+
+    def add_checks(self, results, when, overrides=None):
+        """Record a cycle's check results; their non-PASS results become (sticky) findings."""
+        with self.lock:
+            for name, entry in results.items():
+                self.checks[name] = dict(entry, time=rfc3339(when))
+        return self.add(check_observations(results), when, overrides)
+
+    def _add(self, observation, when):
+        key = finding_key(observation)
+        finding = self.items.get(key)
+        if finding is None:
+            if len(self.items) >= MAX_FINDINGS:
+                self._evict()
+            finding = dict(observation, first=when, last=when, count=1)
+            self.items[key] = finding
+            return finding, True
+        finding["last"] = max(finding["last"], when)
+        finding["count"] += 1
+        if finding["kind"] == "check" and rank(observation["severity"]) > rank(finding["severity"]):
+            finding.update(severity=observation["severity"], detail=observation["detail"])
+        return finding, False
+
+    def _evict(self):
+        victim = min(self.items, key=lambda key: (rank(finding_severity(self.items[key])), self.items[key]["last"]))
+        del self.items[victim]
+
+    def clear_before(self, cutoff):
+        """Drop the findings last seen before ``cutoff``; returns them (exported)."""
+        with self.lock:
+            dropped = [key for key, finding in self.items.items() if finding["last"] < cutoff]
+            return [self._export(self.items.pop(key)) for key in dropped]
+
+    def restore(self, exported):
+        """Take back findings from a results annotation (export form); returns how many were usable."""
+        count = 0
+        for entry in exported if isinstance(exported, list) else ():
+            try:
+                finding = self._import(entry)
+            except (KeyError, TypeError, ValueError):
+                continue
+            with self.lock:
+                key = finding_key(finding)
+                if key not in self.items:
+                    self.items[key] = finding
+                    count += 1
+        return count
+
+    def snapshot(self, overrides=None):
+        """The active findings, worst first, each with its severity under ``overrides``."""
+        with self.lock:
+            exported = [self._export(finding, overrides) for finding in self.items.values()]
+        return sorted(exported, key=lambda entry: (-rank(entry["severity"]), entry["time"]))
+
+    def latest_checks(self):
+        with self.lock:
+            return copy.deepcopy(self.checks)
+
+    def severity(self, overrides=None):
+        with self.lock:
+            return self._severity(overrides)
+
+    def _severity(self, overrides):
+        return worst(finding_severity(finding, overrides) for finding in self.items.values())
+
+    @staticmethod
+    def _export(finding, overrides=None):
+        entry = dict((key, value) for key, value in finding.items() if key not in ("first", "last"))
+        entry.update(severity=finding_severity(finding, overrides), time=rfc3339(finding["first"]),
+                     last_seen=rfc3339(finding["last"]))
+        return entry
+
+    @staticmethod
+    def _import(entry):
+        kind = entry["kind"]
+        finding = {"kind": kind, "first": parse_rfc3339(entry["time"]), "last": parse_rfc3339(entry.get("last_seen") or entry["time"]),
+                   "count": int(entry.get("count") or 1)}
+        if kind == "xid":
+            finding.update(xid=int(entry["xid"]), pci=entry.get("pci"), text=str(entry.get("text") or ""))
+        elif kind == "sxid":
+            finding.update(sxid=int(entry["sxid"]), pci=entry.get("pci"), switch=entry.get("switch"),
+                           fatal=entry.get("fatal"), text=str(entry.get("text") or ""))
+        elif kind == "check" and entry["severity"] in SEVERITIES:
+            finding.update(check=str(entry["check"]), severity=entry["severity"], detail=str(entry.get("detail") or ""))
+        else:
+            raise ValueError("unknown finding %r" % (entry,))
+        return finding
+
+
+# ============================================================================================
+# Node marks: what the node should carry, as one merge patch
+# ============================================================================================
+
+# patch: the merge patch; severity/status: the node's; taint/cordon: whether the agent holds them
+# after the patch; changes: [{mark, from, to}] for the log.
+MarkPlan = namedtuple("MarkPlan", "patch severity status taint cordon changes")
+
+
+def _metadata(node):
+    return node.get("metadata") or {}
+
+
+def node_labels(node):
+    return _metadata(node).get("labels") or {}
+
+
+def node_annotations(node):
+    return _metadata(node).get("annotations") or {}
+
+
+def instance_type(node):
+    labels = node_labels(node)
+    for label in INSTANCE_TYPE_LABELS:
+        if labels.get(label):
+            return labels[label]
+    return None
+
+
+def agent_marks(node, prefix):
+    """What the agent recorded as set by itself: {taint, cordon} (False when it recorded nothing)."""
+    try:
+        recorded = json.loads(node_annotations(node).get(prefix + AGENT_MARKS_ANNOTATION) or "{}")
+    except ValueError:
+        recorded = {}
+    if not isinstance(recorded, dict):
+        recorded = {}
+    return {"taint": recorded.get("taint") is True, "cordon": recorded.get("cordon") is True}
+
+
+def is_unhealthy_taint(taint, prefix):
+    return taint.get("key") == prefix + UNHEALTHY_TAINT and taint.get("effect") == UNHEALTHY_EFFECT
+
+
+def cordon_holder(node):
+    """Who else holds the node's cordon, or None: NVSentinel's quarantine marks, or another field manager."""
+    if node_marks.condition_marks(node, {"kind": "nvsentinel"}):
+        return node_marks.NVSENTINEL_CORDONER
+    owner = node_marks.who_set(node, ("spec", "unschedulable"))
+    if owner and owner.get("manager") and owner["manager"] != FIELD_MANAGER:
+        return owner["manager"]
+    return None
+
+
+def results_document(node_name, severity, findings, checks, config, now, agent=None, cleared=None):
+    """The ``<prefix>results`` annotation: overall severity, latest checks, active findings."""
+    return {
+        "node": node_name,
+        "time": rfc3339(now),
+        "severity": severity,
+        "status": STATUS_OF[severity],
+        "agent": agent or {},
+        "checks": checks,
+        "findings": findings[:MAX_REPORTED_FINDINGS],
+        "findings_total": len(findings),
+        "config": config_summary(config),
+        "clear_findings_before": cleared,
+    }
+
+
+def plan_marks(node, findings, checks, config, now, agent=None, old_prefix=None, cleared=None):
+    """The merge patch that makes the node's marks match the findings.
+
+    findings: the active findings (Findings.snapshot()), checks: the latest check results. The
+    taint ``<prefix>unhealthy`` is added at or above taint_min_severity and removed below it only if
+    the agent's agent-marks annotation says the agent added it; a taint someone else put there stays.
+    Likewise the cordon (only with ``cordon`` set): set at or above cordon_min_severity if the node is
+    schedulable, lifted below it only if the agent set it and nobody else (NVSentinel, another field
+    manager) holds it. Other taints, labels and annotations are not in the patch at all. When the
+    taints or the cordon change, the patch carries the node's resourceVersion: a node changed since
+    it was read makes the API answer 409 and the caller reads it again.
+
+    old_prefix: the prefix before a config change; the agent's taint and bookkeeping under it go, and
+    a cordon it held carries over.
+    """
+    prefix = config["prefix"]
+    spec = node.get("spec") or {}
+    taints = [taint for taint in spec.get("taints") or [] if isinstance(taint, dict)]
+    labels, annotations = node_labels(node), node_annotations(node)
+    severity = worst(finding["severity"] for finding in findings)
+    status = STATUS_OF[severity]
+    owned = agent_marks(node, prefix)
+    new_taints = list(taints)
+    patch_annotations = {}
+    if old_prefix and old_prefix != prefix:
+        old_owned = agent_marks(node, old_prefix)
+        if old_owned["taint"]:
+            new_taints = [taint for taint in new_taints if not is_unhealthy_taint(taint, old_prefix)]
+        owned["cordon"] = owned["cordon"] or old_owned["cordon"]
+        if old_prefix + AGENT_MARKS_ANNOTATION in annotations:
+            patch_annotations[old_prefix + AGENT_MARKS_ANNOTATION] = None
+
+    had_taint = any(is_unhealthy_taint(taint, prefix) for taint in taints)
+    has_taint = any(is_unhealthy_taint(taint, prefix) for taint in new_taints)
+    own_taint = owned["taint"] and has_taint
+    want_taint = at_least(severity, config["taint_min_severity"])
+    if want_taint and not has_taint:
+        new_taints.append({"key": prefix + UNHEALTHY_TAINT, "value": UNHEALTHY_VALUE, "effect": UNHEALTHY_EFFECT})
+        own_taint = True
+    elif own_taint and not want_taint:
+        new_taints = [taint for taint in new_taints if not is_unhealthy_taint(taint, prefix)]
+        own_taint = False
+
+    cordoned = spec.get("unschedulable") is True
+    unschedulable = cordoned
+    own_cordon = owned["cordon"] and cordoned
+    want_cordon = config["cordon"] and at_least(severity, config["cordon_min_severity"])
+    if want_cordon and not cordoned:
+        unschedulable = own_cordon = True
+    elif own_cordon and not want_cordon:
+        if cordon_holder(node) is None:
+            unschedulable = False
+        own_cordon = False
+
+    patch_annotations[prefix + RESULTS_ANNOTATION] = json.dumps(
+        results_document(_metadata(node).get("name"), severity, findings, checks, config, now, agent, cleared),
+        sort_keys=True, separators=(",", ":"))
+    patch_annotations[prefix + AGENT_MARKS_ANNOTATION] = json.dumps({"taint": own_taint, "cordon": own_cordon}, sort_keys=True)
+    metadata = {"labels": {prefix + STATUS_LABEL: status, prefix + SEVERITY_LABEL: severity,
+                           prefix + LAST_CHECK_LABEL: label_time(now)},
+                "annotations": patch_annotations}
+    patch = {"metadata": metadata}
+    if new_taints != taints or unschedulable != cordoned:
+        if _metadata(node).get("resourceVersion"):
+            metadata["resourceVersion"] = _metadata(node)["resourceVersion"]
+        patch["spec"] = {}
+        if new_taints != taints:
+            patch["spec"]["taints"] = new_taints or None
+        if unschedulable != cordoned:
+            patch["spec"]["unschedulable"] = True if unschedulable else None
+    changes = [{"mark": mark, "from": old, "to": new} for mark, old, new in (
+        (prefix + STATUS_LABEL, labels.get(prefix + STATUS_LABEL), status),
+        (prefix + SEVERITY_LABEL, labels.get(prefix + SEVERITY_LABEL), severity),
+        ("taint " + prefix + UNHEALTHY_TAINT, had_taint, any(is_unhealthy_taint(taint, prefix) for taint in new_taints)),
+        ("cordon", cordoned, unschedulable)) if old != new]
+    return MarkPlan(patch, severity, status, own_taint, own_cordon, changes)
+
+
+# ============================================================================================
+# Kubernetes API client (in-cluster, standard library only)
+# ============================================================================================
+
+MERGE_PATCH = "application/merge-patch+json"
+
+
+class ApiError(Exception):
+    """A Kubernetes API request that failed; ``status`` is the HTTP status (0: no response)."""
+
+    def __init__(self, status, reason, message):
+        super().__init__("%s %s: %s" % (status, reason, message))
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class KubeClient:
+    """JSON over HTTPS to the API server with the pod's service account token.
+
+    Requests share one kept-alive connection (the marking path stays short); a watch has its own.
+    The token is read from its file for every request: the kubelet rotates bound tokens.
+    """
+
+    def __init__(self, host, port, sa_dir, timeout=API_TIMEOUT):
+        self.host = host
+        self.port = int(port)
+        self.token_path = os.path.join(sa_dir, "token")
+        self.timeout = timeout
+        self.context = ssl.create_default_context(cafile=os.path.join(sa_dir, "ca.crt"))
+        self.lock = threading.Lock()
+        self.connection = None
+
+    @classmethod
+    def in_cluster(cls):
+        host = os.environ.get("KUBERNETES_SERVICE_HOST")
+        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+        if not host:
+            raise ApiError(0, "NoCluster", "KUBERNETES_SERVICE_HOST is not set: not running in a cluster")
+        return cls(host, port, os.environ.get("KUBERNETES_SERVICEACCOUNT_DIR") or SERVICEACCOUNT_DIR)
+
+    def _headers(self, content_type=None):
+        with open(self.token_path, encoding="ascii") as handle:
+            token = handle.read().strip()
+        headers = {"Authorization": "Bearer " + token, "Accept": "application/json", "User-Agent": AGENT_NAME}
+        if content_type:
+            headers["Content-Type"] = content_type
+        return headers
+
+    @staticmethod
+    def url(path, query=None):
+        return path + ("?" + urllib.parse.urlencode(query) if query else "")
+
+    def _connect(self, timeout):
+        return http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=timeout)
+
+    def request(self, method, path, query=None, body=None, content_type="application/json"):
+        """One request; the decoded JSON answer, or ApiError. A broken kept-alive connection is retried once."""
+        payload = None if body is None else json.dumps(body).encode("utf-8")
+        headers = self._headers(content_type if body is not None else None)
+        with self.lock:
+            try:
+                status, data = self._exchange(method, self.url(path, query), payload, headers)
+            except (OSError, http.client.HTTPException):
+                # A kept-alive connection the server closed meanwhile: once more on a new one.
+                try:
+                    status, data = self._exchange(method, self.url(path, query), payload, headers)
+                except (OSError, http.client.HTTPException) as e:
+                    raise ApiError(0, "ConnectionError", "%s %s: %s" % (method, path, e)) from e
+        if status >= 400:
+            raise self.error(status, data)
+        return json.loads(data.decode("utf-8")) if data else {}
+
+    def _exchange(self, method, url, payload, headers):
+        """(status, body) over the kept-alive connection, which is dropped on any error."""
+        if self.connection is None:
+            self.connection = self._connect(self.timeout)
+        try:
+            self.connection.request(method, url, body=payload, headers=headers)
+            response = self.connection.getresponse()
+            data = response.read()
+        except Exception:
+            self.connection.close()
+            self.connection = None
+            raise
+        if response.will_close:
+            self.connection.close()
+            self.connection = None
+        return response.status, data
+
+    def stream(self, path, query, timeout):
+        """The JSON lines of a watch, until the server ends it."""
+        connection = self._connect(timeout)
+        try:
+            connection.request("GET", self.url(path, query), headers=self._headers())
+            response = connection.getresponse()
+            if response.status >= 400:
+                raise self.error(response.status, response.read())
+            while True:
+                line = response.readline()
+                if not line:
+                    return
+                if line.strip():
+                    yield json.loads(line.decode("utf-8"))
+        except (OSError, http.client.HTTPException) as e:
+            raise ApiError(0, "ConnectionError", "watch %s: %s" % (path, e)) from e
+        finally:
+            connection.close()
+
+    @staticmethod
+    def error(status, data):
+        try:
+            body = json.loads(data.decode("utf-8"))
+            return ApiError(status, body.get("reason") or "", body.get("message") or "")
+        except (ValueError, AttributeError):
+            return ApiError(status, "", clip(data.decode("utf-8", "replace"), 300))
+
+
+class NodeApi:
+    """The calls the agent makes, all on its own node. Tests replace it with a fake."""
+
+    def __init__(self, client, node):
+        self.client = client
+        self.node = node
+        self.path = "/api/v1/nodes/" + urllib.parse.quote(node, safe="")
+
+    def get(self):
+        return self.client.request("GET", self.path)
+
+    def patch(self, body):
+        """JSON merge patch; a metadata.resourceVersion in the body makes it conditional (409 when stale)."""
+        return self.client.request("PATCH", self.path, {"fieldManager": FIELD_MANAGER}, body, MERGE_PATCH)
+
+    def watch(self, resource_version, timeout_seconds=WATCH_SECONDS):
+        query = {"fieldSelector": "metadata.name=" + self.node, "watch": "true", "allowWatchBookmarks": "true",
+                 "resourceVersion": resource_version, "timeoutSeconds": str(timeout_seconds)}
+        # The socket timeout outlives the server's, so a silently dead connection still ends.
+        return self.client.stream("/api/v1/nodes", query, timeout_seconds + 30)
+
+
+# ============================================================================================
+# Kernel log sources: open(), read(timeout) -> [Record], close()
+# ============================================================================================
+
+class SourceError(Exception):
+    """A kernel log source that stopped; the watcher opens it again after a pause."""
+
+
+class KmsgSource:
+    """/dev/kmsg: read-only, from its end (SEEK_END), one record per read."""
+
+    def __init__(self, path):
+        self.path = path
+        self.fd = None
+
+    def describe(self):
+        return "kmsg %s" % self.path
+
+    def open(self):
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        os.lseek(self.fd, 0, os.SEEK_END)
+
+    def read(self, timeout):
+        if not select.select([self.fd], [], [], timeout)[0]:
+            return []
+        chunks = []
+        for _attempt in range(256):
+            try:
+                data = os.read(self.fd, KMSG_READ_SIZE)
+            except BlockingIOError:
+                break
+            except BrokenPipeError:
+                # The kernel overwrote records before they were read; the next read goes on after them.
+                warn("kmsg_records_lost", path=self.path)
+                continue
+            if not data:
+                break
+            chunks.append(data)
+        records = parse_kmsg(b"".join(chunks))
+        if not chunks:
+            time.sleep(min(timeout, FILE_POLL))  # a regular file stands in for the device: at its end
+        return records
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class JournalSource:
+    """``journalctl -k -f -o json --since now`` (argument list, no shell); after a restart of the
+    process it goes on after the last cursor read, so nothing is lost or seen twice."""
+
+    def __init__(self, host_root="/", journalctl="journalctl"):
+        self.host_root = host_root
+        self.journalctl = journalctl
+        self.cursor = None
+        self.process = None
+        self.buffer = b""
+
+    def describe(self):
+        return "journal" + ("" if self.host_root in ("", "/") else " under %s" % self.host_root)
+
+    def argv(self, executable):
+        argv = [executable, "-k", "-f", "-o", "json", "--no-pager"]
+        journals = [os.path.join(self.host_root, sub) for sub in ("var/log/journal", "run/log/journal")]
+        if self.host_root not in ("", "/") and any(os.path.isdir(path) for path in journals):
+            argv.append("--root=" + self.host_root)
+        if self.cursor:
+            argv += ["--after-cursor=" + self.cursor, "--no-tail"]
+        else:
+            argv += ["--since", "now"]
+        return argv
+
+    def open(self):
+        executable = shutil.which(self.journalctl)
+        if not executable:
+            raise SourceError("%s not found" % self.journalctl)
+        self.buffer = b""
+        self.process = subprocess.Popen(  # pylint: disable=consider-using-with
+            self.argv(executable), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            close_fds=True)
+
+    def read(self, timeout):
+        fd = self.process.stdout.fileno()
+        if not select.select([fd], [], [], timeout)[0]:
+            return []
+        data = os.read(fd, 65536)
+        if not data:
+            raise SourceError("journalctl exited with status %s" % self.process.wait())
+        lines = (self.buffer + data).split(b"\n")
+        self.buffer = lines.pop()
+        records = []
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                record = parse_journal(line)
+            except ValueError:
+                warn("journalctl_output", line=clip(line.decode("utf-8", "replace")))
+                continue
+            if record is not None:
+                self.cursor = record.meta.get("cursor") or self.cursor
+                records.append(record)
+        return records
+
+    def close(self):
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(TOOL_KILL_WAIT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+            self.process.stdout.close()
+            self.process = None
+
+
+class FileSource:
+    """A regular file that a writer appends kernel log records to (tests, simulated nodes).
+
+    Starts at the end of the file, follows appends with a short poll, starts over on a truncated
+    file and switches to a new file put in place of the old one (rotation), from its beginning. A
+    file created after the start is read from its beginning. Opened again after an error, it goes on
+    where it was.
+    """
+
+    def __init__(self, path, poll=FILE_POLL):
+        self.path = path
+        self.poll = poll
+        self.fd = None
+        self.identity = None    # (st_dev, st_ino) of the open file
+        self.offset = None      # None: not started yet (then the end of an existing file)
+        self.rest = b""
+
+    def describe(self):
+        return "file %s" % self.path
+
+    def open(self):
+        self._try_open()
+
+    def _try_open(self):
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if self.offset is None:
+                self.offset = 0
+            return False
+        stat = os.fstat(fd)
+        identity = (stat.st_dev, stat.st_ino)
+        if self.offset is None:
+            self.offset = stat.st_size
+        elif identity != self.identity or stat.st_size < self.offset:
+            self.offset, self.rest = 0, b""
+        os.lseek(fd, self.offset, os.SEEK_SET)
+        self.fd, self.identity = fd, identity
+        return True
+
+    def read(self, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.fd is not None or self._try_open():
+                data = os.read(self.fd, 65536)
+                if data:
+                    self.offset += len(data)
+                    records, self.rest = split_file_records(self.rest + data)
+                    if len(self.rest) > MAX_PENDING:
+                        records.extend(split_file_records(self.rest + b"\n")[0])
+                        self.rest = b""
+                    if records:
+                        return records
+                    continue
+                self._check_replaced()
+            if time.monotonic() >= deadline:
+                return []
+            time.sleep(self.poll)
+
+    def _check_replaced(self):
+        """At the end of the file: has it been truncated, or replaced by another one?"""
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return
+        if (stat.st_dev, stat.st_ino) != self.identity:
+            self.close()
+            self.offset, self.rest = 0, b""
+            self._try_open()
+        elif stat.st_size < self.offset:
+            os.lseek(self.fd, 0, os.SEEK_SET)
+            self.offset, self.rest = 0, b""
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def make_source(kind, path, host_root="/"):
+    if kind == "kmsg":
+        return KmsgSource(path)
+    if kind == "journal":
+        return JournalSource(host_root)
+    if kind == "file":
+        return FileSource(path)
+    raise ValueError("kernel log source must be one of %s, got %r" % (", ".join(SOURCES), kind))
+
+
+# ============================================================================================
+# Tools: nvidia-smi, fi_info and sysfs, behind a probe the tests replace
+# ============================================================================================
+
+def run_tool(argv, timeout=TOOL_TIMEOUT):
+    """Run a tool (argument list, no shell) with a timeout; a ToolResult, never an exception."""
+    executable = shutil.which(argv[0])
+    if not executable:
+        return tool_result(found=False, returncode=None, error="%s not found" % argv[0])
+    try:
+        process = subprocess.Popen(  # pylint: disable=consider-using-with
+            [executable] + list(argv[1:]), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            close_fds=True)
+    except OSError as e:
+        return tool_result(returncode=None, error=str(e))
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        try:
+            process.communicate(timeout=TOOL_KILL_WAIT)
+        except subprocess.TimeoutExpired:
+            # Stuck in the kernel (a hung GPU can do that): leave it rather than hang the checks.
+            warn("tool_unkillable", argv=argv)
+        return tool_result(returncode=None, timed_out=True)
+    return tool_result(stdout.decode("utf-8", "replace"), process.returncode, stderr.decode("utf-8", "replace"))
+
+
+class Probe:
+    """Runs the checks' tools and reads sysfs/procfs under the host root."""
+
+    def __init__(self, host_root="/", runner=run_tool):
+        self.host_root = host_root or "/"
+        self.runner = runner
+
+    def host_path(self, path):
+        return os.path.join(self.host_root, path.lstrip("/"))
+
+    def nvidia_smi(self, *args):
+        return self.runner(["nvidia-smi"] + list(args))
+
+    def proc_gpu_count(self):
+        """GPUs the driver registered (/proc/driver/nvidia/gpus/<pci>), or None without the directory."""
+        for base in dict.fromkeys((self.host_path("/proc/driver/nvidia/gpus"), "/proc/driver/nvidia/gpus")):
+            if os.path.isdir(base):
+                return sum(1 for name in os.listdir(base) if os.path.isdir(os.path.join(base, name)))
+        return None
+
+    def efa_devices(self):
+        """(count, source): EFA devices in /sys/class/infiniband, else from ``fi_info -p efa``; count None when neither works."""
+        for base in dict.fromkeys((self.host_path("/sys/class/infiniband"), "/sys/class/infiniband")):
+            if os.path.isdir(base):
+                count = sum(1 for name in os.listdir(base) if self._is_efa(base, name))
+                return count, base
+        tool = self.runner(["fi_info", "-p", "efa", "-t", "FI_EP_RDM"])
+        if not tool.found:
+            return None, "/sys/class/infiniband missing and fi_info not found"
+        if tool.timed_out or tool.error:
+            return None, "fi_info -p efa: %s" % (tool.error or "timed out")
+        domains = set()
+        for line in tool.stdout.splitlines():
+            key, sep, value = line.strip().partition(":")
+            if sep and key == "domain":
+                domains.add(value.strip())
+        return len(domains), "fi_info -p efa"
+
+    @staticmethod
+    def _is_efa(base, name):
+        if "efa" in name.lower():
+            return True
+        driver = os.path.join(base, name, "device", "driver")
+        return os.path.islink(driver) and os.path.basename(os.path.realpath(driver)) == "efa"
+
+
+def run_checks(config, node_instance_type, probe):
+    """One cycle of the enabled checks: {check: {status, severity, detail, ...}}."""
+    enabled = config["checks"]
+    profile = (config["instance_profiles"].get(node_instance_type) or {}) if node_instance_type else {}
+    results = {}
+    if enabled["gpu_count"]:
+        results["gpu_count"] = eval_gpu_count(probe.nvidia_smi("-L"), probe.proc_gpu_count(), profile.get("gpus"), node_instance_type)
+    if enabled["gpu_state"]:
+        results["gpu_state"] = eval_gpu_state(probe.nvidia_smi(
+            "--query-gpu=index,pci.bus_id,pstate,temperature.gpu,power.draw", "--format=csv,noheader"))
+    if enabled["ecc"]:
+        results["ecc"] = eval_ecc(probe.nvidia_smi(
+            "--query-gpu=index,ecc.errors.uncorrected.volatile.total", "--format=csv,noheader,nounits"))
+    if enabled["retired_pages"]:
+        results["retired_pages"] = eval_retired_pages(
+            probe.nvidia_smi("--query-gpu=index,retired_pages.pending", "--format=csv,noheader"),
+            probe.nvidia_smi("--query-gpu=index,remapped_rows.pending,remapped_rows.failure", "--format=csv,noheader"))
+    if enabled["efa"]:
+        count, source = probe.efa_devices()
+        results["efa"] = eval_efa(count, source, profile.get("efa"), node_instance_type)
+    if enabled["nvlink"]:
+        results["nvlink"] = eval_nvlink(probe.nvidia_smi("nvlink", "-s"))
+    for name in CHECKS:
+        if not enabled[name]:
+            results[name] = skipped("disabled in the configuration")
+    return results
+
+
+# ============================================================================================
+# The configuration file, re-read when it changes
+# ============================================================================================
+
+class ConfigFile:
+    """The config file and the configuration in force.
+
+    poll() looks at the file's identity (device, inode, mtime, size): kubelet and the local runner
+    replace it atomically, which changes the inode. A changed file is applied if valid; an invalid
+    or missing one leaves the configuration in force as it is (logged once per version of the file).
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self.current = default_config()
+        self.signature = None
+        self.rejected = None
+
+    def _signature(self):
+        try:
+            stat = os.stat(self.path)
+        except OSError as e:
+            return ("missing", e.errno)
+        return (stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+    def poll(self):
+        """(old, new) configuration when a changed file was applied, else None."""
+        signature = self._signature()
+        if signature in (self.signature, self.rejected):
+            return None
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                text = handle.read(MAX_CONFIG_BYTES + 1)
+            if len(text) > MAX_CONFIG_BYTES:
+                raise ConfigError("the file is larger than %d bytes" % MAX_CONFIG_BYTES)
+            config, notes = validate_config(json.loads(text))
+        except (OSError, ValueError) as e:   # ConfigError and JSON errors are ValueErrors
+            self.rejected = signature
+            warn("config_rejected", level="error", path=self.path, error=str(e),
+                 note="the configuration in force stays" if self.signature else "running with the defaults")
+            return None
+        for note in notes:
+            warn("config_note", path=self.path, note=note)
+        old, self.current = self.current, config
+        self.signature, self.rejected = signature, None
+        log("config_applied", path=self.path, changed=sorted(key for key in config if config[key] != old[key]),
+            taint_min_severity=config["taint_min_severity"], cordon=config["cordon"],
+            cordon_min_severity=config["cordon_min_severity"], interval_seconds=config["interval_seconds"])
+        return old, config
+
+
+# ============================================================================================
+# The agent: kernel log watcher, node watch, checks, marker
+# ============================================================================================
+
+class HealthAgent:
+    """Ties findings, configuration and the node together; each loop runs in its own thread.
+
+    * follow_kernel_log: records -> findings; one that raises the node's severity asks for a mark
+      in BATCH_WINDOW, others within UPDATE_DELAY;
+    * watch_node: keeps a fresh copy of the node and notices a new clear-findings-before;
+    * check_loop: the lightweight checks every interval_seconds (at once after a clear or when the
+      enabled checks change);
+    * marker_loop: the only writer; applies plan_marks with optimistic concurrency.
+    """
+
+    def __init__(self, api, node_name, settings, probe=None, clock=now_utc, agent=None):
+        self.api = api
+        self.node_name = node_name
+        self.settings = settings
+        self.probe = probe or Probe()
+        self.clock = clock
+        self.agent = agent or {}
+        self.findings = Findings()
+        self.stop = threading.Event()
+        self.node = None
+        self.node_lock = threading.Lock()
+        self.mark_lock = threading.Lock()
+        self.wake = threading.Condition()
+        self.due = None             # monotonic time of the next mark
+        self.pending_since = None   # monotonic time the earliest unmarked escalation was read
+        self.old_prefix = None      # prefix before a config change, until a mark has moved off it
+        self.cleared = None         # the clear-findings-before value last applied
+        self.checks_now = threading.Event()
+
+    # --- state ----------------------------------------------------------------------------------
+
+    def config(self):
+        return self.settings.current
+
+    def cached_node(self):
+        with self.node_lock:
+            return self.node
+
+    def set_node(self, node):
+        with self.node_lock:
+            self.node = node
+
+    # --- start ----------------------------------------------------------------------------------
+
+    def start(self):
+        """Read the node (retrying until the API answers), take back its findings, apply a clear."""
+        backoff = 1.0
+        while not self.stop.is_set():
+            try:
+                node = self.api.get()
+                break
+            except ApiError as e:
+                warn("node_read_failed", node=self.node_name, error=str(e), retry_in=backoff)
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+        else:
+            return
+        self.set_node(node)
+        self.restore(node)
+        self.apply_clear(node)
+
+    def restore(self, node):
+        """Findings from the agent's own results annotation: severity stays sticky across restarts."""
+        text = node_annotations(node).get(self.config()["prefix"] + RESULTS_ANNOTATION)
+        try:
+            document = json.loads(text) if text else None
+        except ValueError:
+            document = None
+        if not isinstance(document, dict) or document.get("node") != self.node_name:
+            return 0
+        count = self.findings.restore(document.get("findings"))
+        self.cleared = document.get("clear_findings_before")
+        if count:
+            log("findings_restored", node=self.node_name, count=count,
+                severity=self.findings.severity(self.config()["xid_severity_overrides"]))
+        return count
+
+    def apply_clear(self, node):
+        """Drop the findings last seen before a new clear-findings-before; True when one was applied."""
+        value = node_annotations(node).get(self.config()["prefix"] + CLEAR_ANNOTATION)
+        if not value or value == self.cleared:
+            return False
+        self.cleared = value
+        try:
+            cutoff = parse_rfc3339(value)
+        except ValueError as e:
+            warn("clear_rejected", node=self.node_name, value=clip(value), error=str(e))
+            return False
+        # A time in the future clears what was seen so far, not what comes until then.
+        dropped = self.findings.clear_before(min(cutoff, self.clock()))
+        log("findings_cleared", node=self.node_name, before=value, dropped=len(dropped),
+            findings=[_finding_brief(finding) for finding in dropped])
+        return True
+
+    # --- marking --------------------------------------------------------------------------------
+
+    def request_mark(self, delay=0.0, since=None):
+        """Ask the marker for an update within ``delay`` seconds (the earliest request wins)."""
+        with self.wake:
+            due = time.monotonic() + delay
+            if self.due is None or due < self.due:
+                self.due = due
+            if since is not None and (self.pending_since is None or since < self.pending_since):
+                self.pending_since = since
+            self.wake.notify()
+
+    def marker_loop(self):
+        while not self.stop.is_set():
+            with self.wake:
+                now = time.monotonic()
+                if self.due is None or self.due > now:
+                    self.wake.wait(1.0 if self.due is None else min(1.0, self.due - now))
+                    continue
+                self.due, since, self.pending_since = None, self.pending_since, None
+            try:
+                self.mark_once(since)
+            except Exception as e:  # pylint: disable=broad-except
+                # API down, node gone, an odd answer: the marks are retried, the agent goes on.
+                warn("mark_failed", node=self.node_name, error="%s: %s" % (type(e).__name__, e), retry_in=MARK_RETRY)
+                self.request_mark(MARK_RETRY, since)
+
+    def mark_once(self, since=None):
+        """Bring the node's marks in line with the findings; re-read and retry on 409. Returns the MarkPlan."""
+        with self.mark_lock:
+            config = self.config()
+            node = self.cached_node()
+            if node is None:
+                node = self.api.get()
+                self.set_node(node)
+            attempts = 0
+            while True:
+                attempts += 1
+                findings = self.findings.snapshot(config["xid_severity_overrides"])
+                plan = plan_marks(node, findings, self.findings.latest_checks(), config, self.clock(),
+                                  self.agent, self.old_prefix, self.cleared)
+                try:
+                    updated = self.api.patch(plan.patch)
+                except ApiError as e:
+                    if e.status != 409 or attempts >= CONFLICT_RETRIES:
+                        raise
+                    # The node changed since it was read (taints are read-modify-write): read it again.
+                    node = self.api.get()
+                    self.set_node(node)
+                    continue
+                self.set_node(updated)
+                self.old_prefix = None
+                break
+            fields = {"node": self.node_name, "severity": plan.severity, "status": plan.status,
+                      "agent_taint": plan.taint, "agent_cordon": plan.cordon, "attempts": attempts}
+            if since is not None:
+                fields["latency_ms"] = round((time.monotonic() - since) * 1000, 1)
+            if plan.changes:
+                log("marks_changed", changes=plan.changes, **fields)
+            elif since is not None:
+                log("marked", **fields)
+            return plan
+
+    # --- kernel log -----------------------------------------------------------------------------
+
+    def on_records(self, records, seen=None):
+        """Findings from records just read; returns the findings added or updated."""
+        seen = time.monotonic() if seen is None else seen
+        observations = []
+        for record in records:
+            for observation in record_observations(record):
+                if observation["kind"] == "xid" and observation["xid"] is None:
+                    warn("xid_line_unparsed", node=self.node_name, text=observation["text"])
+                else:
+                    observations.append(observation)
+        if not observations:
+            return []
+        overrides = self.config()["xid_severity_overrides"]
+        before, after, added = self.findings.add(observations, self.clock(), overrides)
+        for finding, new in added:
+            log("finding", node=self.node_name, new=new, **_finding_brief(finding))
+        if rank(after) > rank(before):
+            self.request_mark(BATCH_WINDOW, since=seen)
+        else:
+            self.request_mark(UPDATE_DELAY)
+        return [finding for finding, new in added]
+
+    def follow_kernel_log(self, source):
+        backoff = 1.0
+        while not self.stop.is_set():
+            try:
+                source.open()
+                log("kernel_log_followed", node=self.node_name, source=source.describe())
+                while not self.stop.is_set():
+                    records = source.read(READ_TIMEOUT)
+                    if records:
+                        self.on_records(records)
+                    backoff = 1.0
+            except Exception as e:  # pylint: disable=broad-except
+                # The device, the journal process or the file went away: open it again after a pause.
+                warn("kernel_log_error", node=self.node_name, source=source.describe(),
+                     error="%s: %s" % (type(e).__name__, e), retry_in=backoff)
+            finally:
+                source.close()
+            self.stop.wait(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+    # --- node -----------------------------------------------------------------------------------
+
+    def on_node(self, node):
+        self.set_node(node)
+        if self.apply_clear(node):
+            # Re-run the checks so that the marks follow what is true now; mark anyway after a while.
+            self.checks_now.set()
+            self.request_mark(CLEAR_MARK_DELAY)
+
+    def watch_node(self):
+        """Follow the node through a watch (list/watch on nodes); poll it when the API refuses the watch."""
+        backoff, polling, version = 1.0, False, None
+        while not self.stop.is_set():
+            try:
+                if version is None or polling:
+                    node = self.api.get()
+                    self.on_node(node)
+                    version = _metadata(node).get("resourceVersion")
+                    if polling:
+                        self.stop.wait(NODE_POLL_SECONDS)
+                        continue
+                version = self._watch_once(version)
+                backoff = 1.0
+            except ApiError as e:
+                if e.status == 403 and not polling:
+                    polling = True
+                    warn("node_watch_refused", node=self.node_name, error=str(e),
+                         note="reading the node every %d s instead; grant list and watch on nodes" % NODE_POLL_SECONDS)
+                    continue
+                version = None
+                warn("node_watch_error", node=self.node_name, error=str(e), retry_in=backoff)
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+            except Exception as e:  # pylint: disable=broad-except
+                version = None
+                warn("node_watch_error", node=self.node_name, error="%s: %s" % (type(e).__name__, e), retry_in=backoff)
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _watch_once(self, version):
+        """One watch from ``version``; the last resourceVersion seen, or None to read the node again."""
+        for event in self.api.watch(version):
+            if self.stop.is_set():
+                break
+            kind, obj = event.get("type"), event.get("object") or {}
+            if kind == "ERROR":
+                if obj.get("code") == 410:
+                    return None
+                raise ApiError(obj.get("code") or 0, obj.get("reason") or "", obj.get("message") or "")
+            version = _metadata(obj).get("resourceVersion") or version
+            if kind in ("ADDED", "MODIFIED"):
+                self.on_node(obj)
+            elif kind == "DELETED":
+                warn("node_deleted", node=self.node_name)
+                return None
+        return version
+
+    # --- checks ---------------------------------------------------------------------------------
+
+    def run_checks_once(self):
+        config = self.config()
+        node = self.cached_node() or {}
+        results = run_checks(config, instance_type(node), self.probe)
+        before, after, added = self.findings.add_checks(results, self.clock(), config["xid_severity_overrides"])
+        for finding, new in added:
+            if new:
+                log("finding", node=self.node_name, new=new, **_finding_brief(finding))
+        log("checks_completed", node=self.node_name, severity=after,
+            results=dict((name, entry["status"]) for name, entry in sorted(results.items())))
+        self.request_mark(0.0, since=time.monotonic() if rank(after) > rank(before) else None)
+        return results
+
+    def check_loop(self):
+        last = None
+        while not self.stop.is_set():
+            interval = self.config()["interval_seconds"]
+            now = time.monotonic()
+            if last is None or now - last >= interval or self.checks_now.is_set():
+                self.checks_now.clear()
+                last = now
+                try:
+                    self.run_checks_once()
+                except Exception as e:  # pylint: disable=broad-except
+                    warn("checks_failed", node=self.node_name, error="%s: %s" % (type(e).__name__, e))
+                continue
+            self.checks_now.wait(min(1.0, interval - (now - last)))
+
+    # --- configuration --------------------------------------------------------------------------
+
+    def poll_config(self):
+        """Apply a changed config file: marks follow at once (thresholds, prefix, overrides)."""
+        change = self.settings.poll()
+        if change is None:
+            return False
+        old, new = change
+        if old["prefix"] != new["prefix"] and self.old_prefix is None:
+            self.old_prefix = old["prefix"]
+        if old["checks"] != new["checks"] or old["instance_profiles"] != new["instance_profiles"]:
+            self.checks_now.set()
+        self.request_mark(0.0)
+        return True
+
+    # --- run ------------------------------------------------------------------------------------
+
+    def run(self, source):
+        """Start the loops and poll the config file every second until stopped.
+
+        The kernel log is followed before the node is read, so that no record is missed meanwhile;
+        findings taken back from the node join those.
+        """
+        threads = [threading.Thread(target=self.follow_kernel_log, args=(source,), name="kernel-log", daemon=True)]
+        threads[0].start()
+        self.start()
+        threads += [threading.Thread(target=target, name=name, daemon=True) for name, target in (
+            ("node-watch", self.watch_node), ("marker", self.marker_loop), ("checks", self.check_loop))]
+        for thread in threads[1:]:
+            thread.start()
+        self.request_mark(0.0)
+        while not self.stop.wait(1.0):
+            self.poll_config()
+            dead = [thread.name for thread in threads if not thread.is_alive()]
+            if dead:
+                warn("agent_thread_died", node=self.node_name, threads=dead)
+                self.stop.set()
+                return 1
+        with self.wake:
+            self.wake.notify_all()
+        return 0
+
+
+def _finding_brief(finding):
+    """A finding's fields for a log line."""
+    return dict((key, finding[key]) for key in ("kind", "xid", "sxid", "check", "pci", "switch", "severity", "count",
+                                                "time", "detail", "text") if key in finding)
+
+
+# ============================================================================================
+# Command line
+# ============================================================================================
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="GPU health agent: marks its node from XIDs and GPU checks.")
+    parser.add_argument("--node", default=os.environ.get("NODE_NAME"), help="this node (env NODE_NAME)")
+    parser.add_argument("--config", default=DEFAULT_CONFIG_PATH, help="the JSON configuration (re-read when it changes)")
+    parser.add_argument("--kmsg-source", choices=SOURCES, default="kmsg",
+                        help="kmsg: the kernel log device; journal: journalctl -k -f; file: a file records are appended to")
+    parser.add_argument("--kmsg-path", default=DEFAULT_KMSG_PATH, help="the device or file (sources kmsg and file)")
+    parser.add_argument("--host-root", default="/", help="where the host's / is mounted (journal, /sys, /proc/driver/nvidia)")
+    args = parser.parse_args(argv)
+    if not args.node:
+        parser.error("--node is required (or the environment variable NODE_NAME)")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    agent_info = {"pod": os.environ.get("POD_NAME"), "namespace": os.environ.get("POD_NAMESPACE")}
+    settings = ConfigFile(args.config)
+    settings.poll()
+    try:
+        client = KubeClient.in_cluster()
+    except (ApiError, OSError, ssl.SSLError) as e:
+        warn("agent_failed", level="error", error="cannot reach the Kubernetes API: %s" % e)
+        return 1
+    agent = HealthAgent(NodeApi(client, args.node), args.node, settings, Probe(args.host_root), agent=agent_info)
+
+    def on_signal(signum, frame):  # pylint: disable=unused-argument
+        agent.stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    source = make_source(args.kmsg_source, args.kmsg_path, args.host_root)
+    log("agent_started", node=args.node, source=source.describe(), config=args.config, host_root=args.host_root, **agent_info)
+    status = agent.run(source)
+    log("agent_stopped", node=args.node)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
