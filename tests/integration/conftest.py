@@ -40,6 +40,16 @@ def policy(api_client):
     return client.PolicyV1Api(api_client)
 
 
+@pytest.fixture(scope="session")
+def custom(api_client):
+    return client.CustomObjectsApi(api_client)
+
+
+@pytest.fixture(scope="session")
+def batch(api_client):
+    return client.BatchV1Api(api_client)
+
+
 @pytest.fixture()
 def namespace(core):
     """A fresh namespace per test, deleted afterwards (its pods go with it)."""

@@ -134,3 +134,16 @@ def alive(pid):
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError, TypeError):
         return False
+
+
+def live_pods(namespace, name_prefix, container="agent"):
+    """node -> [(pod name, pid, runner index entry)] of the live `container` processes that the pod
+    runner runs for pods in namespace whose names start with name_prefix."""
+    out = {}
+    for entry in (read_runner_index().get("pods") or {}).values():
+        if entry.get("namespace") != namespace or not entry.get("name", "").startswith(name_prefix):
+            continue
+        pid = ((entry.get("containers") or {}).get(container) or {}).get("pid")
+        if pid and alive(pid):
+            out.setdefault(entry["node"], []).append((entry["name"], pid, entry))
+    return out

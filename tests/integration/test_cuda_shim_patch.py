@@ -35,16 +35,6 @@ def dumps(obj):
 
 
 @pytest.fixture(scope="module")
-def custom(api_client):
-    return client.CustomObjectsApi(api_client)
-
-
-@pytest.fixture(scope="module")
-def batch(api_client):
-    return client.BatchV1Api(api_client)
-
-
-@pytest.fixture(scope="module")
 def dgd_crd(api_client):
     """A minimal DynamoGraphDeployment CRD (schema-less spec), unless the cluster already has one."""
     ext = client.ApiextensionsV1Api(api_client)

@@ -18,8 +18,8 @@ import uuid
 import pytest
 from kubernetes import client
 
-from support import (PLAYBOOK_TIMINGS, ROOT, RUN_LABEL, RUNNER_STATE, alive, ansible_playbook, exists, kmsg_path,
-                     read_runner_index, run_playbook, wait_until)
+from support import (PLAYBOOK_TIMINGS, ROOT, RUN_LABEL, RUNNER_STATE, ansible_playbook, exists, kmsg_path,
+                     live_pods, run_playbook, wait_until)
 
 NAMESPACE = "gpu-fault-injection"
 AGENT = "gpu-fault-agent"
@@ -43,15 +43,7 @@ EXPECTED_GRANTS = {(GROUP, "gpufaults", verb) for verb in ("get", "list", "watch
 
 
 def live_agents():
-    """node -> [(pod name, pid, index entry)] of the agent processes the runner runs now."""
-    out = {}
-    for entry in (read_runner_index().get("pods") or {}).values():
-        if entry.get("namespace") != NAMESPACE or not entry.get("name", "").startswith(AGENT + "-"):
-            continue
-        pid = ((entry.get("containers") or {}).get("agent") or {}).get("pid")
-        if pid and alive(pid):
-            out.setdefault(entry["node"], []).append((entry["name"], pid, entry))
-    return out
+    return live_pods(NAMESPACE, AGENT + "-")
 
 
 def cmdline(pid):

@@ -26,8 +26,8 @@ import pytest
 import yaml
 from kubernetes import client, watch
 
-from support import (ROOT, RUN_LABEL, ansible_env, ansible_module, ansible_playbook, read_runner_index,
-                     alive, run_playbook, venv_tool, wait_until)
+from support import (ROOT, RUN_LABEL, ansible_env, ansible_module, ansible_playbook, live_pods,
+                     run_playbook, venv_tool, wait_until)
 
 NAMESPACE = "gpu-healthcheck"
 AGENT = "gpu-healthcheck-agent"
@@ -146,15 +146,7 @@ def assert_clean(core, name):
 
 
 def live_agents():
-    """node -> [(pod name, pid, runner index entry)] of the health agents running now."""
-    out = {}
-    for entry in (read_runner_index().get("pods") or {}).values():
-        if entry.get("namespace") != NAMESPACE or not entry.get("name", "").startswith(AGENT + "-"):
-            continue
-        pid = ((entry.get("containers") or {}).get("agent") or {}).get("pid")
-        if pid and alive(pid):
-            out.setdefault(entry["node"], []).append((entry["name"], pid, entry))
-    return out
+    return live_pods(NAMESPACE, AGENT + "-")
 
 
 def config_of(entry):

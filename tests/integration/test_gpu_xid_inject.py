@@ -8,7 +8,6 @@ import json
 import os
 
 import pytest
-from kubernetes import client
 
 from support import RUN_LABEL, RUNNER_STATE, ansible_module, kmsg_path, run_playbook, wait_until
 
@@ -24,11 +23,6 @@ def agent():
     run_playbook("deploy_agent.yml", {"fault_injector_agent_pod_labels": {RUN_LABEL: "true"}})
     yield
     run_playbook("remove_agent.yml")
-
-
-@pytest.fixture(scope="module")
-def custom(api_client):
-    return client.CustomObjectsApi(api_client)
 
 
 def kmsg_sizes():
