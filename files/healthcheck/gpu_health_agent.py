@@ -107,7 +107,7 @@ MAX_REPORTED_FINDINGS = 40  # in the results annotation (its size stays far belo
 
 SEVERITIES = tuple(xid_catalog.SEVERITY_ORDER)            # PASS < MONITOR < RESET < REBOOT < ISOLATE
 MARKING_SEVERITIES = SEVERITIES[SEVERITIES.index("RESET"):]  # what a taint or cordon threshold may name
-STATUS_OF = {"PASS": "pass", "MONITOR": "warn", "RESET": "fail", "REBOOT": "fail", "ISOLATE": "fail"}
+STATUS_OF = xid_catalog.STATUS_OF_SEVERITY
 # The AWS suite warns on every SXid and classifies none; an NVLink fault that matters comes with
 # its own XID (74, 144-150), which carries the severity.
 SXID_SEVERITY = "MONITOR"

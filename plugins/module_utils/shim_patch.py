@@ -879,6 +879,33 @@ def rollout_complete(kind, obj):
             and (status.get("availableReplicas") or 0) == replicas)
 
 
+def template_has_shim(template):
+    """Whether a pod template (as a controller copied it into a ReplicaSet) carries the shim."""
+    spec = (template or {}).get("spec") or {}
+    return any(e.get("name") == shim_control.ENV_ENABLED
+               for c in (spec.get("containers") or []) + (spec.get("initContainers") or [])
+               for e in (c.get("env") or []))
+
+
+def shim_history(deployment, replica_sets):
+    """Names of the Deployment's old ReplicaSets, scaled to 0, whose template carries the shim.
+
+    Once the shim is removed the Deployment rolls back to a template without it, but the shimmed
+    ReplicaSet stays in its history: `kubectl rollout undo` would bring the shim back, with a
+    ConfigMap that no longer exists. Only ReplicaSets owned (as controller) by this Deployment,
+    with no replicas wanted or running, are named.
+    """
+    uid = (deployment.get("metadata") or {}).get("uid")
+    names = []
+    for rs in replica_sets:
+        meta, spec, status = rs.get("metadata") or {}, rs.get("spec") or {}, rs.get("status") or {}
+        owned = any(ref.get("uid") == uid and ref.get("controller") for ref in meta.get("ownerReferences") or [])
+        idle = not spec.get("replicas") and not status.get("replicas")
+        if owned and idle and template_has_shim(spec.get("template")):
+            names.append(meta.get("name"))
+    return sorted(names)
+
+
 def rollout_summary(kind, obj):
     status = obj.get("status") or {}
     if kind == "DaemonSet":

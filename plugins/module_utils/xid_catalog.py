@@ -45,6 +45,8 @@ from types import MappingProxyType
 
 # AWS suite severity ladder, mildest first; the worst one seen wins.
 SEVERITY_ORDER = ("PASS", "MONITOR", "RESET", "REBOOT", "ISOLATE")
+# The suite's node status label for each severity.
+STATUS_OF_SEVERITY = {"PASS": "pass", "MONITOR": "warn", "RESET": "fail", "REBOOT": "fail", "ISOLATE": "fail"}
 
 # NVSentinel RecommendedAction names this catalog uses. RESTART_VM is what NVSentinel's mapper
 # returns for NVIDIA's RESTART_VM bucket (XID 151).

@@ -147,6 +147,14 @@ options:
     description: How many seconds to wait for the rollout before failing.
     type: int
     default: 300
+  prune_history:
+    description:
+      - With I(state=absent) on a Deployment, once the rollout has finished (I(wait)), delete the
+        Deployment's old ReplicaSets that carry the shim and are scaled to 0, so its revision history is
+        as before the shim and C(kubectl rollout undo) can never bring the shim back.
+      - Without I(wait), or while a shimmed ReplicaSet still has pods, nothing is deleted.
+    type: bool
+    default: true
   shim_files:
     description:
       - Internal; set by the module's action plugin, never by a task. The shim's files for the ConfigMap
@@ -256,6 +264,12 @@ record:
   type: dict
   sample: {v: 1, state: armed, xid: 79, configMap: cuda-fault-shim-deployment-llm-server-3f9c2a1b, annotations: existing,
            templates: [{path: [spec, template], containers: [server], changes: []}]}
+pruned:
+  description: The shimmed ReplicaSets deleted from the Deployment's history (see I(prune_history)).
+  returned: with I(state=absent) on a Deployment
+  type: list
+  elements: str
+  sample: [llm-server-7d4b9c8f6d]
 rollout:
   description: The rollout the module waited for.
   returned: when waited for
@@ -290,6 +304,7 @@ def argument_spec():
         pod_template_path=dict(type="list", elements="str"),
         wait=dict(type="bool", default=True),
         wait_timeout=dict(type="int", default=300),
+        prune_history=dict(type="bool", default=True),
         shim_files=dict(type="dict"),
     )
 
@@ -386,9 +401,13 @@ class ShimPatcher:
         rollout = None
         if self.module.params["wait"] and not self.module.check_mode and self.kind in shim_patch.ROLLOUT_KINDS:
             rollout = self.wait_rollout()
-        return self.result(changed=changed, record=record, previous=previous,
-                           config_map=(record or {}).get("configMap") if record else old_map,
-                           before=obj, after=after, rollout=rollout)
+        result = self.result(changed=changed, record=record, previous=previous,
+                             config_map=(record or {}).get("configMap") if record else old_map,
+                             before=obj, after=after, rollout=rollout)
+        if state == "absent" and self.kind == "Deployment":
+            result["pruned"] = self.prune_history(after) if (rollout is not None or self.module.check_mode) else []
+            result["changed"] = result["changed"] or bool(result["pruned"])
+        return result
 
     def result(self, changed, record, previous, config_map, before, after, rollout=None):
         shown = record or previous
@@ -485,6 +504,27 @@ class ShimPatcher:
         except kube.DynamicApiError as e:
             raise KubeError("deleting ConfigMap %s/%s failed: %s" % (self.namespace, name, kube.describe(e)))
         return True
+
+    def prune_history(self, deployment):
+        """Delete (in check mode: name) the Deployment's idle ReplicaSets that carry the shim."""
+        if not self.module.params["prune_history"]:
+            return []
+        replica_sets = kube.resource(self.k8s, "apps/v1", "ReplicaSet")
+        items, _version = kube.list_objects(self.k8s, replica_sets, self.namespace)
+        names = shim_patch.shim_history(deployment, items)
+        if self.module.check_mode:
+            return names
+        pruned = []
+        for name in names:
+            try:
+                self.k8s.delete(replica_sets, name=name, namespace=self.namespace)
+                pruned.append(name)
+            except kube.NotFoundError:
+                continue
+            except kube.DynamicApiError as e:
+                raise KubeError("deleting the shimmed ReplicaSet %s/%s from %s's history failed: %s"
+                                % (self.namespace, name, self.where(), kube.describe(e)))
+        return pruned
 
     def wait_rollout(self):
         obj = kube.get(self.k8s, self.resource, self.name, self.namespace)

@@ -293,8 +293,11 @@ elapsed:
   returned: always
   type: float
   sample: 17.415
-started:
-  description: When the module started (UTC); the nodes' I(elapsed) count from here.
+started_at:
+  description:
+    - When the module started (UTC); the nodes' I(elapsed) count from here.
+    - Not called C(started), so that the module can run with C(async) (M(ansible.builtin.async_status)
+      reads a C(started) key as its own).
   returned: always
   type: str
   sample: "2026-11-22T18:20:01.000123Z"
@@ -543,7 +546,7 @@ class NodeWaiter:
             satisfied=self.done(),
             waited=waited,
             elapsed=round(time.monotonic() - self.started, 3),
-            started=self.started_wall,
+            started_at=self.started_wall,
             state=self.state,
             conditions=self.described_conditions(),
         )

@@ -314,6 +314,12 @@ def test_absent_from_a_separate_run_restores_the_templates_exactly(core, apps, c
     assert template(apps, ns) == workloads["web"]
     assert ANNOTATION not in (raw_deployment(apps, ns)["metadata"].get("annotations") or {})
     assert result["rollout"] == {"desired": 2, "updated": 2, "available": 2}
+    # The shimmed revisions are gone from the Deployment's history; the original one remains.
+    assert result["pruned"], result
+    history = [apps.api_client.sanitize_for_serialization(rs) for rs in apps.list_namespaced_replica_set(ns).items
+               if rs.metadata.name.startswith("web-")]
+    assert [rs["metadata"]["name"] for rs in history if "CUDA_FAULT_INJECTION_ENABLED" in dumps(rs["spec"])] == []
+    assert len(history) == 1, [rs["metadata"]["name"] for rs in history]
     pods = wait_until(lambda: pods_when(core, ns, False), 60, "two pods without the shim")
     assert len(pods) == 2
 

@@ -130,8 +130,8 @@ def test_waits_for_the_nvsentinel_quarantine_and_says_who_set_it(api_client, cor
     assert found["matched"] is True and found["matched_at_start"] is False
     assert found["elapsed"] < 5
     # elapsed counts from the module's start to the event: the patch came after start, and within a second.
-    offset = utc(result["started"]) + found["elapsed"] - patched_at
-    assert -0.1 < offset < 1.0, (offset, result["started"], found["elapsed"], patched_at)
+    offset = utc(result["started_at"]) + found["elapsed"] - patched_at
+    assert -0.1 < offset < 1.0, (offset, result["started_at"], found["elapsed"], patched_at)
     by_field = dict((m["field"], m) for m in found["matched_marks"])
     cordon = by_field["spec.unschedulable"]
     assert cordon["kind"] == "cordoned" and cordon["set_by"]["manager"] == "fault-quarantine"

@@ -316,10 +316,16 @@ def commands(layout, bin_dir, stages_file):
 
 # --- nodes -------------------------------------------------------------------------------------
 
-def node_addresses(index):
+# Second octet of the first node's pod CIDR. Two clusters on one machine (parallel test runs) must
+# not hand out the same pod IPs, since the runner binds pods' servers to them: give each its own
+# LOCALCLUSTER_POD_NET (128 to 240; a cluster of N nodes uses ceil(N/256) octets from there).
+POD_NET = int(os.environ.get("LOCALCLUSTER_POD_NET", "128"))
+
+
+def node_addresses(index, pod_net=None):
     """Node i's InternalIP and pod CIDR, both on loopback and distinct per node."""
     ip = "127.1.%d.%d" % (index // 250, index % 250 + 1)
-    pod_cidr = "127.%d.%d.0/24" % (128 + index // 256, index % 256)
+    pod_cidr = "127.%d.%d.0/24" % ((POD_NET if pod_net is None else pod_net) + index // 256, index % 256)
     return ip, pod_cidr
 
 

@@ -665,3 +665,22 @@ def test_the_module_needs_the_action_plugins_files(monkeypatch):
         patcher(FakeCluster(SHAPES["bare"], 0), monkeypatch, shim_files={"x.c": "y"})
     shim, _mod = patcher(FakeCluster(SHAPES["bare"], 0), monkeypatch, shim_files=None, library_path="/lib/s.so")
     assert shim.run()["config_map"] is None
+
+
+def replica_set(name, uid, shimmed, replicas=0, running=0, controller=True):
+    env = [{"name": shim_control.ENV_ENABLED, "value": "0"}] if shimmed else [{"name": "MODEL", "value": "x"}]
+    return {"metadata": {"name": name, "ownerReferences": [{"uid": uid, "controller": controller, "kind": "Deployment"}]},
+            "spec": {"replicas": replicas, "template": {"spec": {"containers": [{"name": "app", "env": env}]}}},
+            "status": {"replicas": running}}
+
+
+def test_shim_history_names_only_idle_shimmed_replica_sets_of_this_deployment():
+    deployment = {"metadata": {"uid": "d-1"}}
+    sets = [replica_set("web-shim", "d-1", True),
+            replica_set("web-plain", "d-1", False),
+            replica_set("web-shim-busy", "d-1", True, replicas=1, running=1),
+            replica_set("web-shim-draining", "d-1", True, replicas=0, running=1),
+            replica_set("other-shim", "d-2", True),
+            replica_set("adopted-not-controller", "d-1", True, controller=False)]
+    assert shim_patch.shim_history(deployment, sets) == ["web-shim"]
+    assert shim_patch.shim_history(deployment, []) == []

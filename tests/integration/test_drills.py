@@ -1,0 +1,221 @@
+"""Fault drills end to end on the local control plane: xid79_e2e.yml, cleanup.yml, fleet_drill.yml.
+
+The stack is the real one: the fault-injector agent and the health agent (their code from the
+ConfigMaps the roles deploy, run by the pod runner), and the demo inference server (real HTTP on
+its pod IPs, CUDA calls into the stand-in driver through the fault shim). The drill must pass with
+its three reports; failed at the end of each phase in turn, and once killed outright and then
+cleaned up by a separate run, it must leave every object it could touch exactly as it found it.
+"""
+import copy
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import yaml
+from kubernetes import dynamic
+
+from support import ROOT, ansible_env, ansible_playbook, run_playbook, venv_tool, wait_until
+
+DRILL_VARS = os.path.join(ROOT, "tools", "localcluster", "drill-vars.yml")
+with open(DRILL_VARS) as f:
+    VARS = yaml.safe_load(f)
+DEMO_NS = VARS["fault_scenario_workload_namespace"]
+AGENT_NS = "gpu-fault-injection"
+HC_PREFIX = "gpu-healthcheck.aws-samples.io/"
+# The health agent's heartbeat: rewritten every cycle whether or not a drill runs.
+VOLATILE = {HC_PREFIX + "last-check", HC_PREFIX + "results"}
+# Controller bookkeeping that a rollout moves on (the same template gets a new revision number).
+REVISION = {"deployment.kubernetes.io/revision", "deployment.kubernetes.io/revision-history"}
+PHASES = ["preflight", "baseline", "shim-passthrough", "inject", "workload-fails", "detect", "quarantine",
+          "remove-shim", "drain", "reschedule", "recovery"]
+
+
+@pytest.fixture(scope="module")
+def stack():
+    """The fault-injector agent, the health agent and the demo workload, as tools/e2e.sh deploys them."""
+    run_playbook("deploy_agent.yml", VARS)
+    run_playbook("healthcheck.yml", VARS)
+    run_playbook("demo_workload.yml", VARS)
+    yield
+    ansible_playbook("demo_workload.yml", dict(VARS, demo_workload_state="absent"))
+    ansible_playbook("healthcheck.yml", dict(VARS, gpu_healthcheck_state="absent"))
+
+
+def _meta(obj, drop=()):
+    meta = obj["metadata"]
+    return {"name": meta["name"],
+            "labels": {k: v for k, v in (meta.get("labels") or {}).items() if k not in drop},
+            "annotations": {k: v for k, v in (meta.get("annotations") or {}).items() if k not in drop}}
+
+
+def dump(api_client):
+    """Every object a drill could touch, without what changes whether or not a drill runs."""
+    dyn = dynamic.DynamicClient(api_client)
+
+    def get(api_version, kind, namespace=None):
+        return dyn.resources.get(api_version=api_version, kind=kind).get(namespace=namespace).to_dict()["items"]
+
+    out = {"nodes": {}, "workload": {}, "agent": {}}
+    for node in get("v1", "Node"):
+        out["nodes"][node["metadata"]["name"]] = dict(_meta(node, VOLATILE),
+                                                      unschedulable=node["spec"].get("unschedulable", False),
+                                                      taints=node["spec"].get("taints") or [])
+    out["workload"]["deployments"] = [dict(_meta(d, REVISION), spec=d["spec"])
+                                      for d in get("apps/v1", "Deployment", DEMO_NS)]
+    out["workload"]["replicasets"] = sorted(
+        (dict(_meta(r, REVISION), replicas=r["spec"]["replicas"], template=r["spec"]["template"])
+         for r in get("apps/v1", "ReplicaSet", DEMO_NS)), key=lambda r: r["name"])
+    out["workload"]["configmaps"] = sorted((dict(_meta(c), data=c.get("data")) for c in get("v1", "ConfigMap", DEMO_NS)),
+                                           key=lambda c: c["name"])
+    out["workload"]["services"] = [dict(_meta(s), spec=s["spec"]) for s in get("v1", "Service", DEMO_NS)]
+    out["workload"]["pdbs"] = [dict(_meta(p), spec=p["spec"]) for p in get("policy/v1", "PodDisruptionBudget", DEMO_NS)]
+    out["agent"]["gpufaults"] = sorted(f["metadata"]["name"] for f in get(
+        "faultinjection.gpu-resilience.io/v1alpha1", "GPUFault", AGENT_NS))
+    out["agent"]["configmaps"] = sorted(c["metadata"]["name"] for c in get("v1", "ConfigMap", AGENT_NS))
+    return out
+
+
+def differences(before, after, path=""):
+    """Readable differences between two dumps (empty when identical)."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        out = []
+        for key in sorted(set(before) | set(after)):
+            out += differences(before.get(key, "<absent>"), after.get(key, "<absent>"), "%s/%s" % (path, key))
+        return out
+    return [] if before == after else ["%s: %s -> %s" % (path, json.dumps(before)[:300], json.dumps(after)[:300])]
+
+
+def drill(tmp_path, check=False, **extra):
+    """Run xid79_e2e.yml; (rc, output, the JSON timeline or None)."""
+    drill_id = extra.setdefault("fault_scenario_drill_id", "it-drill-%d" % (time.time() * 1000 % 10 ** 9))
+    extra.setdefault("fault_scenario_report_dir", str(tmp_path))
+    rc, out, _recap = ansible_playbook("xid79_e2e.yml", dict(VARS, **extra), check=check, timeout=900)
+    timeline = tmp_path / (drill_id + "-timeline.json")
+    return rc, out, json.loads(timeline.read_text()) if timeline.exists() else None
+
+
+def test_the_drill_passes_with_its_reports_and_leaves_the_cluster_as_it_was(stack, api_client, tmp_path):
+    before = dump(api_client)
+    rc, out, timeline = drill(tmp_path)
+    assert rc == 0, out[-8000:]
+    phases = {p["name"]: p for p in timeline["phases"]}
+    assert [p["name"] for p in timeline["phases"]] == PHASES + ["cleanup"]
+    assert all(p["status"] == "passed" for p in timeline["phases"]), timeline["phases"]
+    summary = timeline["summary"]
+    for key in ("time_to_detect", "time_to_quarantine", "time_to_drain", "time_to_recover"):
+        assert summary[key] is not None and summary[key] >= 0, summary
+    assert summary["time_to_detect"] < 5, summary
+    drill_id = timeline["drill"]
+    for suffix in ("-junit.xml", "-timeline.json", "-timeline.svg"):
+        assert (tmp_path / (drill_id + suffix)).stat().st_size > 0
+    junit = (tmp_path / (drill_id + "-junit.xml")).read_text()
+    assert 'failures="0"' in junit and "workload-fails" in junit
+    assert "pod(s) failing" in phases["workload-fails"]["message"]
+    assert differences(before, dump(api_client)) == []
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_a_drill_failed_at_any_phase_leaves_the_cluster_as_it_was(stack, api_client, tmp_path, phase):
+    before = dump(api_client)
+    rc, out, timeline = drill(tmp_path, fault_scenario_abort_at=phase)
+    assert rc != 0, out[-4000:]
+    assert "stopped at the end of phase %s" % phase in out
+    statuses = {p["name"]: p["status"] for p in timeline["phases"]}
+    assert statuses[phase] == "failed" and statuses["cleanup"] == "passed", timeline["phases"]
+    later = PHASES[PHASES.index(phase) + 1:]
+    assert all(statuses[name] == "skipped" for name in later), statuses
+    assert differences(before, dump(api_client)) == []
+
+
+def ledger_says(custom_core, drill_id, what):
+    try:
+        cm = custom_core.read_namespaced_config_map("gpu-drill-" + drill_id, AGENT_NS)
+    except Exception:  # pylint: disable=broad-except
+        return False
+    return what in (cm.data or {}).get("ledger.json", "")
+
+
+def test_a_killed_drill_is_undone_by_a_separate_cleanup_run(stack, api_client, core, tmp_path):
+    before = dump(api_client)
+    drill_id = "it-killed-%d" % (time.time() * 1000 % 10 ** 9)
+    extra = dict(VARS, fault_scenario_drill_id=drill_id, fault_scenario_report_dir=str(tmp_path))
+    proc = subprocess.Popen([venv_tool("ansible-playbook"), os.path.join(ROOT, "playbooks", "xid79_e2e.yml"),
+                             "-e", json.dumps(extra)], cwd=ROOT, env=ansible_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        # Killed once the fault is in and the detector has tainted the node: the worst moment.
+        def quarantined():
+            return ledger_says(core, drill_id, '"faults"') and any(
+                t.key == HC_PREFIX + "unhealthy" for n in core.list_node().items for t in (n.spec.taints or []))
+        wait_until(quarantined, 120, "the drill to quarantine its node")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert differences(before, dump(api_client)) != []
+    out, _recap = run_playbook("cleanup.yml", {})
+    assert drill_id in out
+    assert differences(before, dump(api_client)) == []
+    _out, recap = run_playbook("cleanup.yml", {})
+    assert recap["changed"] == 0
+
+
+def test_check_mode_runs_the_whole_drill_and_changes_nothing(stack, api_client, tmp_path):
+    before = dump(api_client)
+    rc, out, timeline = drill(tmp_path, check=True)
+    assert rc == 0, out[-6000:]
+    statuses = {p["name"]: p["status"] for p in timeline["phases"]}
+    assert statuses["preflight"] == statuses["baseline"] == statuses["inject"] == "passed", statuses
+    assert statuses["detect"] == statuses["recovery"] == "skipped", statuses
+    assert differences(before, dump(api_client)) == []
+
+
+@pytest.mark.parametrize("extra, words", [
+    ({"fault_scenario_target_nodes": "gpu-node-0,gpu-node-1", "fault_scenario_max_nodes": 2},
+     "set fault_scenario_confirm=true"),
+    ({"fault_scenario_target_nodes": "gpu-node-0,gpu-node-1"}, "exceed fault_scenario_max_nodes=1"),
+    ({"fault_scenario_target_nodes": "gpu-node-0,gpu-node-1", "fault_scenario_max_nodes": 2,
+      "fault_scenario_confirm": True, "fault_scenario_max_percent": 50}, "over fault_scenario_max_percent=50"),
+    ({"fault_scenario_allowed_namespaces": "team-a,team-b"}, "is not in fault_scenario_allowed_namespaces"),
+    ({"fault_scenario_target_node": "no-such-node"}, "node(s) not found: no-such-node"),
+    ({"fault_scenario_target_node": "cpu-node-0"}, "cpu-node-0"),
+    ({"fault_scenario_xid": 7777}, "unknown XID code 7777"),
+    ({"fault_scenario_gpu": "0000:zz:00.0"}, "0000:zz:00.0"),
+    ({"fault_scenario_drill_id": "Bad_Id"}, "must be 1 to 63 lowercase"),
+])
+def test_an_unsafe_or_bad_drill_is_refused_and_changes_nothing(stack, api_client, tmp_path, extra, words):
+    before = dump(api_client)
+    extra = copy.deepcopy(extra)
+    extra.setdefault("fault_scenario_drill_id", "it-refused-%d" % (time.time() * 1000 % 10 ** 9))
+    rc, out, _timeline = drill(tmp_path, **extra)
+    assert rc != 0
+    assert words in out, out[-4000:]
+    drill_id = extra["fault_scenario_drill_id"] if "Bad" not in extra["fault_scenario_drill_id"] else "invalid-drill-id"
+    timeline = json.loads((tmp_path / (drill_id + "-timeline.json")).read_text())
+    assert timeline["phases"][0]["status"] == "failed", timeline["phases"]
+    assert differences(before, dump(api_client)) == []
+
+
+def test_control_plane_nodes_are_never_drilled(stack, api_client, core, tmp_path):
+    label = "node-role.kubernetes.io/control-plane"
+    core.patch_node("gpu-node-2", {"metadata": {"labels": {label: ""}}})
+    try:
+        rc, out, _timeline = drill(tmp_path, fault_scenario_target_node="gpu-node-2")
+        assert rc != 0 and "refusing control-plane node(s): gpu-node-2" in out, out[-4000:]
+    finally:
+        core.patch_node("gpu-node-2", {"metadata": {"labels": {label: None}}})
+
+
+def test_a_fleet_drill_quarantines_every_node_and_cleans_up(stack, api_client, tmp_path):
+    before = dump(api_client)
+    drill_id = "it-fleet-%d" % (time.time() * 1000 % 10 ** 9)
+    rc, out, _recap = ansible_playbook("fleet_drill.yml", dict(
+        VARS, fault_scenario_drill_id=drill_id, fault_scenario_report_dir=str(tmp_path), fault_scenario_node_count=2,
+        fault_scenario_max_nodes=2, fault_scenario_max_percent=70, fault_scenario_confirm=True), timeout=600)
+    assert rc == 0, out[-8000:]
+    timeline = json.loads((tmp_path / (drill_id + "-timeline.json")).read_text())
+    nodes = timeline["summary"]["nodes"]
+    assert len(nodes) == 2 and all(n["time_to_quarantine"] is not None for n in nodes.values()), nodes
+    assert differences(before, dump(api_client)) == []
