@@ -173,8 +173,8 @@ def test_check_mode_runs_the_whole_drill_and_changes_nothing(stack, api_client, 
 
 
 @pytest.mark.parametrize("extra, words", [
-    ({"fault_scenario_target_nodes": "gpu-node-0,gpu-node-1", "fault_scenario_max_nodes": 2},
-     "set fault_scenario_confirm=true"),
+    ({"fault_scenario_target_nodes": "gpu-node-0,gpu-node-1", "fault_scenario_max_nodes": 2,
+      "fault_scenario_max_percent": 100}, "set fault_scenario_confirm=true"),
     ({"fault_scenario_target_nodes": "gpu-node-0,gpu-node-1"}, "exceed fault_scenario_max_nodes=1"),
     ({"fault_scenario_target_nodes": "gpu-node-0,gpu-node-1", "fault_scenario_max_nodes": 2,
       "fault_scenario_confirm": True, "fault_scenario_max_percent": 50}, "over fault_scenario_max_percent=50"),
@@ -218,4 +218,13 @@ def test_a_fleet_drill_quarantines_every_node_and_cleans_up(stack, api_client, t
     timeline = json.loads((tmp_path / (drill_id + "-timeline.json")).read_text())
     nodes = timeline["summary"]["nodes"]
     assert len(nodes) == 2 and all(n["time_to_quarantine"] is not None for n in nodes.values()), nodes
+    assert differences(before, dump(api_client)) == []
+
+
+def test_all_xids_matches_the_catalog_and_leaves_the_node_as_it_was(stack, api_client):
+    """A sample across the severities (MONITOR, PASS, RESET, REBOOT, XID 154's text); the whole
+    catalog runs the same way with all_xids_codes empty (README: the all_xids.yml figure)."""
+    before = dump(api_client)
+    out, _recap = run_playbook("all_xids.yml", {"all_xids_node": "gpu-node-2", "all_xids_codes": "13,63,48,79,154"})
+    assert "5 XIDs, 0 mismatches" in out, out[-6000:]
     assert differences(before, dump(api_client)) == []
