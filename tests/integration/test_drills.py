@@ -33,15 +33,31 @@ PHASES = ["preflight", "baseline", "shim-passthrough", "inject", "workload-fails
           "remove-shim", "drain", "reschedule", "recovery"]
 
 
+def health_marks(core):
+    """node -> the health agent's labels and annotations on it."""
+    return {n.metadata.name: {k for k in list(n.metadata.labels or {}) + list(n.metadata.annotations or {})
+                              if k.startswith(HC_PREFIX)} for n in core.list_node().items}
+
+
 @pytest.fixture(scope="module")
-def stack():
-    """The fault-injector agent, the health agent and the demo workload, as tools/e2e.sh deploys them."""
+def stack(core):
+    """The fault-injector agent, the health agent and the demo workload, as tools/e2e.sh deploys them.
+
+    The health agent's own marks stay on the nodes when it is removed (by design: a faulty node stays
+    marked); the ones it put on nodes that had none before are taken off again, so that the tests
+    that follow find the nodes as this file found them.
+    """
+    before = health_marks(core)
     run_playbook("deploy_agent.yml", VARS)
     run_playbook("healthcheck.yml", VARS)
     run_playbook("demo_workload.yml", VARS)
     yield
     ansible_playbook("demo_workload.yml", dict(VARS, demo_workload_state="absent"))
     ansible_playbook("healthcheck.yml", dict(VARS, gpu_healthcheck_state="absent"))
+    for node, keys in health_marks(core).items():
+        added = {k: None for k in keys - before.get(node, set())}
+        if added:
+            core.patch_node(node, {"metadata": {"labels": added, "annotations": added}})
 
 
 def _meta(obj, drop=()):

@@ -229,7 +229,7 @@ def test_a_drill_killed_half_way_leaves_its_ledger_for_a_later_run(core, drill, 
         "app.kubernetes.io/managed-by": "gpu_resilience.fault_injection",
         "fault-injection.gpu-resilience.io/drill-ledger": damaged}}, "data": {"ledger.json": '{"version": 1, "ent'}})
     try:
-        found = ansible_module(LEDGER + "_info", {})
+        found = ansible_module(LEDGER + "_info", {"namespace": NS})
         assert not found.get("failed") and found.get("changed") is False, found
         mine = [item for item in found["ledgers"] if item.get("drill") == drill]
         assert len(mine) == 1 and "error" not in mine[0]
