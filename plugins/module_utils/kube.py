@@ -13,6 +13,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import math
+import threading
 import time
 
 from ansible_collections.kubernetes.core.plugins.module_utils.args_common import AUTH_ARG_SPEC
@@ -21,9 +23,16 @@ from ansible_collections.kubernetes.core.plugins.module_utils.k8s.core import An
 from ansible_collections.kubernetes.core.plugins.module_utils.k8s.exceptions import CoreException
 
 try:
+    from kubernetes import watch as kube_watch
     from kubernetes.client.rest import ApiException
     from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError, ResourceNotFoundError
+    from urllib3.exceptions import HTTPError as TransportError
 except ImportError:  # reported by AnsibleK8SModule's requires("kubernetes"); these keep imports working
+    kube_watch = None
+
+    class TransportError(Exception):
+        pass
+
     class ApiException(Exception):
         pass
 
@@ -37,6 +46,8 @@ except ImportError:  # reported by AnsibleK8SModule's requires("kubernetes"); th
         pass
 
 AUTH_ARGS = AUTH_ARG_SPEC
+# Watch failures after which listing again is the cure (expired version, API server restarting).
+RELIST_STATUSES = (None, 0, 410, 429, 500, 502, 503, 504)
 
 
 class KubeError(Exception):
@@ -48,6 +59,15 @@ def module(argument_spec, **kwargs):
     spec = dict(AUTH_ARGS)
     spec.update(argument_spec)
     return AnsibleK8SModule(argument_spec=spec, **kwargs)
+
+
+def finish(mod, result, warnings=()):
+    """Exit with result: the warnings shown, its diff only in diff mode."""
+    for warning in warnings:
+        mod.warn(warning)
+    if not mod._diff:  # pylint: disable=protected-access
+        result.pop("diff", None)
+    mod.exit_json(**result)
 
 
 def client(mod):
@@ -146,3 +166,82 @@ def _all_done(latest, names, done):
 
 class _Relist(Exception):
     """The watch can no longer continue from its resourceVersion: list again."""
+
+
+class WatchThread(threading.Thread):
+    """Follows one kind of object in a thread and hands what it sees to a queue, until stop() or deadline.
+
+    Puts (source, kind, payload, monotonic time, wall time) tuples: kind SYNC with the full list
+    (after a first or repeated list), ADDED/MODIFIED/DELETED with the object, FAILED with a
+    KubeError. A thread per watch lets a module wait on one queue for objects changing, retry
+    times and probe rounds alike. With version, the watch starts there instead of with a list.
+    """
+
+    def __init__(self, k8s, res, events, source, deadline, namespace=None, field_selector=None,
+                 label_selector=None, version=None):
+        super(WatchThread, self).__init__(name="watch-" + source)
+        self.daemon = True   # a watch blocked on the socket must not keep the module alive
+        self.k8s = k8s
+        self.res = res
+        self.events = events
+        self.source = source
+        self.deadline = deadline
+        self.namespace = namespace
+        self.field_selector = field_selector
+        self.label_selector = label_selector
+        self.version = version
+        self.stopped = threading.Event()
+        self.stream = None
+
+    def stop(self):
+        self.stopped.set()
+        if self.stream is not None:
+            self.stream.stop()
+
+    def put(self, kind, payload):
+        self.events.put((self.source, kind, payload, time.monotonic(), time.time()))
+
+    def relist(self):
+        try:
+            result = self.k8s.get(self.res, namespace=self.namespace, field_selector=self.field_selector,
+                                  label_selector=self.label_selector).to_dict()
+        except DynamicApiError as e:
+            raise KubeError("listing %s%s failed: %s" % (
+                self.res.kind, " in namespace " + self.namespace if self.namespace else "", describe(e)))
+        self.put("SYNC", result.get("items") or [])
+        return result["metadata"].get("resourceVersion")
+
+    def run(self):
+        try:
+            version = self.version if self.version is not None else self.relist()
+            while not self.stopped.is_set() and time.monotonic() < self.deadline:
+                try:
+                    version = self.follow(version)
+                except _Relist:
+                    version = self.relist()
+                except ApiException as e:
+                    if getattr(e, "status", None) not in RELIST_STATUSES:
+                        raise KubeError("watching %s failed: %s" % (self.res.kind, describe(e)))
+                    version = self.relist()
+                except TransportError:
+                    version = self.relist()
+        except Exception as e:  # pylint: disable=broad-except
+            # Whatever stops a watch must reach the caller: a silently dead thread would turn into a
+            # misleading timeout.
+            self.put("FAILED", KubeError(str(e) if isinstance(e, KubeError) else "watching %s failed: %s" % (self.res.kind, e)))
+
+    def follow(self, version):
+        remaining = self.deadline - time.monotonic()
+        self.stream = kube_watch.Watch()
+        for event in self.k8s.client.watch(self.res, namespace=self.namespace, field_selector=self.field_selector,
+                                           label_selector=self.label_selector, resource_version=version,
+                                           timeout=max(1, int(math.ceil(remaining))), watcher=self.stream):
+            if self.stopped.is_set():
+                break
+            obj = event["raw_object"]
+            if event["type"] == "ERROR":  # e.g. 410 Gone: the version is too old
+                raise _Relist()
+            version = (obj.get("metadata") or {}).get("resourceVersion") or version
+            if event["type"] != "BOOKMARK":
+                self.put(event["type"], obj)
+        return version

@@ -562,11 +562,7 @@ def main():
         result = patcher.run()
     except (KubeError, ShimPatchError) as e:
         module.fail_json(msg=str(e))
-    for warning in patcher.warnings:
-        module.warn(warning)
-    if not module._diff:
-        result.pop("diff", None)
-    module.exit_json(**result)
+    kube.finish(module, result, patcher.warnings)
 
 
 if __name__ == "__main__":

@@ -407,11 +407,7 @@ def main():
             result = ledgers.absent(params["drill"])
     except (KubeError, LedgerError) as e:
         module.fail_json(msg=str(e), changed=False)
-    for warning in ledgers.warnings:
-        module.warn(warning)
-    if not module._diff:
-        result.pop("diff", None)
-    module.exit_json(**result)
+    kube.finish(module, result, ledgers.warnings)
 
 
 if __name__ == "__main__":

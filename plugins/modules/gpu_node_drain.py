@@ -299,8 +299,6 @@ finished:
   sample: "2026-11-22T18:21:32.502911Z"
 """
 
-import math
-import threading
 import time
 
 import queue
@@ -308,18 +306,7 @@ import queue
 from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import drain, fault_api, kube
 from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils.kube import KubeError
 
-try:
-    from kubernetes import watch as kube_watch
-    from urllib3.exceptions import HTTPError as TransportError
-except ImportError:  # both come with the kubernetes client, whose absence AnsibleK8SModule reports
-    kube_watch = None
-
-    class TransportError(Exception):
-        pass
-
 FIELD_MANAGER = "gpu-node-drain"
-# Watch failures after which listing again is the cure (expired version, API server restarting).
-RELIST_STATUSES = (None, 0, 410, 429, 500, 502, 503, 504)
 # Budget watches per namespace up to this many namespaces; above it, one watch of all namespaces.
 MAX_BUDGET_WATCHES = 8
 
@@ -364,89 +351,6 @@ class DrainFailed(Exception):
     def __init__(self, message, result):
         super(DrainFailed, self).__init__(message)
         self.result = result
-
-
-class _Relist(Exception):
-    """The watch cannot go on from its resourceVersion: list again."""
-
-
-class Watcher(threading.Thread):
-    """Follows one kind of object in a thread and hands what it sees to the drain's queue.
-
-    Puts (source, kind, payload, monotonic time, wall time) tuples: kind SYNC with the full list
-    (after a first or repeated list), ADDED/MODIFIED/DELETED with the object, FAILED with a
-    KubeError. A thread per watch lets the drain wait on one queue for pods leaving, budgets
-    changing and retry times alike.
-    """
-
-    def __init__(self, k8s, res, events, source, deadline, namespace=None, field_selector=None,
-                 label_selector=None, version=None):
-        super(Watcher, self).__init__(name="watch-" + source)
-        self.daemon = True   # a watch blocked on the socket must not keep the module alive
-        self.k8s = k8s
-        self.res = res
-        self.events = events
-        self.source = source
-        self.deadline = deadline
-        self.namespace = namespace
-        self.field_selector = field_selector
-        self.label_selector = label_selector
-        self.version = version
-        self.stopped = threading.Event()
-        self.stream = None
-
-    def stop(self):
-        self.stopped.set()
-        if self.stream is not None:
-            self.stream.stop()
-
-    def put(self, kind, payload):
-        self.events.put((self.source, kind, payload, time.monotonic(), time.time()))
-
-    def relist(self):
-        try:
-            result = self.k8s.get(self.res, namespace=self.namespace, field_selector=self.field_selector,
-                                  label_selector=self.label_selector).to_dict()
-        except kube.DynamicApiError as e:
-            raise KubeError("listing %s%s failed: %s" % (
-                self.res.kind, " in namespace " + self.namespace if self.namespace else "", kube.describe(e)))
-        self.put("SYNC", result.get("items") or [])
-        return result["metadata"].get("resourceVersion")
-
-    def run(self):
-        try:
-            version = self.version if self.version is not None else self.relist()
-            while not self.stopped.is_set() and time.monotonic() < self.deadline:
-                try:
-                    version = self.follow(version)
-                except _Relist:
-                    version = self.relist()
-                except kube.ApiException as e:
-                    if getattr(e, "status", None) not in RELIST_STATUSES:
-                        raise KubeError("watching %s failed: %s" % (self.res.kind, kube.describe(e)))
-                    version = self.relist()
-                except TransportError:
-                    version = self.relist()
-        except Exception as e:  # pylint: disable=broad-except
-            # Whatever stops a watch must reach the drain: a silently dead thread would turn into a
-            # misleading timeout.
-            self.put("FAILED", KubeError(str(e) if isinstance(e, KubeError) else "watching %s failed: %s" % (self.res.kind, e)))
-
-    def follow(self, version):
-        remaining = self.deadline - time.monotonic()
-        self.stream = kube_watch.Watch()
-        for event in self.k8s.client.watch(self.res, namespace=self.namespace, field_selector=self.field_selector,
-                                           label_selector=self.label_selector, resource_version=version,
-                                           timeout=max(1, int(math.ceil(remaining))), watcher=self.stream):
-            if self.stopped.is_set():
-                break
-            obj = event["raw_object"]
-            if event["type"] == "ERROR":  # e.g. 410 Gone: the version is too old
-                raise _Relist()
-            version = (obj.get("metadata") or {}).get("resourceVersion") or version
-            if event["type"] != "BOOKMARK":
-                self.put(event["type"], obj)
-        return version
 
 
 class Drainer:
@@ -518,7 +422,7 @@ class Drainer:
         self.cordoned = True
 
     def watch(self, res, source, **kwargs):
-        watcher = Watcher(self.k8s, res, self.events, source, self.deadline, **kwargs)
+        watcher = kube.WatchThread(self.k8s, res, self.events, source, self.deadline, **kwargs)
         self.watchers.append(watcher)
         watcher.start()
 
@@ -631,7 +535,7 @@ class Drainer:
         except kube.DynamicApiError as e:
             self.refused(record, pod, e)
             return
-        except TransportError as e:
+        except kube.TransportError as e:
             raise KubeError("%s pod %s failed: cannot reach the API server: %s" % (verb, key, e))
         record["evicted"] = drain.utc(time.time())
         record["evicted_after"] = round(time.monotonic() - self.started, 3)
@@ -764,7 +668,7 @@ class Drainer:
             namespace, short = name.split("/", 1)
             try:
                 budget = kube.get(self.k8s, self.budgets_res, short, namespace)
-            except (KubeError, TransportError):   # the result must not fail for want of a status
+            except (KubeError, kube.TransportError):   # the result must not fail for want of a status
                 budget = None
             if budget is not None:
                 self.budgets[name] = budget
@@ -820,9 +724,7 @@ def main():
         module.fail_json(msg=str(e), **result)
     except (KubeError, fault_api.FaultSpecError) as e:
         module.fail_json(msg=str(e), changed=False)
-    if not module._diff:
-        result.pop("diff", None)
-    module.exit_json(**result)
+    kube.finish(module, result)
 
 
 if __name__ == "__main__":

@@ -443,9 +443,7 @@ def main():
         result = injector.present() if module.params["state"] == "present" else injector.absent()
     except (KubeError, fault_api.FaultSpecError) as e:
         module.fail_json(msg=str(e))
-    if not module._diff:
-        result.pop("diff", None)
-    module.exit_json(**result)
+    kube.finish(module, result)
 
 
 if __name__ == "__main__":

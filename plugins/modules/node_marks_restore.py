@@ -312,11 +312,7 @@ def main():
     except (KubeError, RestoreError, fault_api.FaultSpecError) as e:
         module.fail_json(msg="%s%s" % ("node %s: " % module.params["name"] if isinstance(e, RestoreError) else "", e),
                          changed=False)
-    for warning in restorer.warnings:
-        module.warn(warning)
-    if not module._diff:
-        result.pop("diff", None)
-    module.exit_json(**result)
+    kube.finish(module, result, restorer.warnings)
 
 
 if __name__ == "__main__":

@@ -380,7 +380,7 @@ pods:
   sample:
     - name: vllm-7c9d8b6f5d-x2k4p
       node: gpu-node-0
-      ip: 10.244.1.17
+      ip: 127.128.1.17
       phase: Running
       ready: true
       restarts: 0
@@ -391,7 +391,7 @@ pods:
       failed: null
       model: llama-3-8b
       probe: {ok: true, status: 200, elapsed: 0.031, error: null, excerpt: '{"id":"cmpl-1","choices":[{"text":" pong"}]}',
-              url: "http://10.244.1.17:8000/v1/completions", at: 0.052}
+              url: "http://127.128.1.17:8000/v1/completions", at: 0.052}
 counted:
   description: I(expect=serving) - the pods that counted (Running, Ready and answering); I(expect=failing) - the pods in scope at the start.
   returned: always
@@ -433,22 +433,12 @@ rounds:
 
 import concurrent.futures
 import queue
-import threading
 import time
 
 from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import kube
 from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import workload_probe as wp
 from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils.kube import KubeError
 
-try:
-    from urllib3.exceptions import HTTPError as TransportError
-except ImportError:  # urllib3 comes with the kubernetes client, which AnsibleK8SModule requires
-    class TransportError(Exception):
-        pass
-
-# Watch failures after which listing again is the cure (expired version, API server restarting).
-RELIST_STATUSES = (None, 0, 410, 429, 500, 502, 503, 504)
-WATCH_SECONDS = 300     # one watch request; the next one goes on from the last resourceVersion
 MAX_PROBES = 16         # requests in flight at once
 
 
@@ -495,61 +485,6 @@ class CheckFailed(Exception):
     def __init__(self, message, result):
         super(CheckFailed, self).__init__(message)
         self.result = result
-
-
-class _Relist(Exception):
-    """The watch cannot go on from its resourceVersion: list again."""
-
-
-class PodWatch(threading.Thread):
-    """Follows the pods from a list's resourceVersion and posts each change to a queue.
-
-    A thread, so that the probe rounds go on between events. It is a daemon: the module ends
-    without waiting for a watch request to time out.
-    """
-
-    def __init__(self, k8s, pods, namespace, selector, version, events):
-        super(PodWatch, self).__init__(name="pod-watch", daemon=True)
-        self.k8s, self.pods, self.namespace, self.selector = k8s, pods, namespace, selector
-        self.version = version
-        self.events = events
-        self.stopping = threading.Event()
-
-    def run(self):
-        try:
-            while not self.stopping.is_set():
-                try:
-                    self.follow()
-                except _Relist:
-                    self.relist()
-                except kube.ApiException as e:
-                    if getattr(e, "status", None) not in RELIST_STATUSES:
-                        raise KubeError("watching pods in %s failed: %s" % (self.namespace, kube.describe(e)))
-                    self.relist()
-                except TransportError:
-                    self.relist()
-        except KubeError as e:
-            self.events.put(("error", str(e)))
-        except Exception as e:  # pylint: disable=broad-except
-            # Reported by the module as a failure instead of a thread dying in silence.
-            self.events.put(("error", "watching pods in %s failed: %s: %s" % (self.namespace, type(e).__name__, e)))
-
-    def follow(self):
-        stream = self.k8s.client.watch(self.pods, namespace=self.namespace, label_selector=self.selector,
-                                       resource_version=self.version, timeout=WATCH_SECONDS)
-        for event in stream:
-            if self.stopping.is_set():
-                return
-            obj = event["raw_object"]
-            if event["type"] == "ERROR":
-                raise _Relist()
-            self.version = (obj.get("metadata") or {}).get("resourceVersion") or self.version
-            if event["type"] != "BOOKMARK":
-                self.events.put((event["type"], obj))
-
-    def relist(self):
-        items, self.version = kube.list_objects(self.k8s, self.pods, self.namespace, self.selector)
-        self.events.put(("RELIST", items))
 
 
 class WorkloadCheck:
@@ -647,15 +582,16 @@ class WorkloadCheck:
         return time.monotonic() - self.started
 
     def apply(self, item):
-        kind = item[0]
-        if kind == "error":
-            raise KubeError(item[1])
-        if kind == "RELIST":
-            self.tracker.relisted(item[1], self.at())
+        """One event of the pod watch (kube.WatchThread)."""
+        kind, payload = item[1], item[2]
+        if kind == "FAILED":
+            raise payload
+        if kind == "SYNC":
+            self.tracker.relisted(payload, self.at())
         elif kind == "DELETED":
-            self.tracker.remove(item[1], self.at())
+            self.tracker.remove(payload, self.at())
         else:
-            self.tracker.observe(item[1], self.at())
+            self.tracker.observe(payload, self.at())
 
     def drain(self):
         """Apply every change that arrived; True if there was any."""
@@ -709,7 +645,8 @@ class WorkloadCheck:
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=MAX_PROBES)
         try:
             if wait_timeout > 0:
-                watch = PodWatch(self.k8s, self.pods_res, self.namespace, self.selector, version, self.events)
+                watch = kube.WatchThread(self.k8s, self.pods_res, self.events, "pods", deadline,
+                                         namespace=self.namespace, label_selector=self.selector, version=version)
                 watch.start()
             while True:
                 self.drain()
@@ -733,7 +670,7 @@ class WorkloadCheck:
                     pass
         finally:
             if watch is not None:
-                watch.stopping.set()
+                watch.stop()
             self.pool.shutdown(wait=False)
 
     def finish(self):

@@ -65,8 +65,8 @@ def test_config_defaults_and_overrides():
     assert server_mod.load_config({}) == {"host": "0.0.0.0", "port": 8000, "model": "demo-llm",
                                           "libcuda": "libcuda.so.1", "device": 0, "exit_on_fatal": True,
                                           "verify_copy": True}
-    assert server_mod.load_config({"POD_IP": "10.1.2.3"})["host"] == "10.1.2.3"
-    config = server_mod.load_config({"POD_IP": "10.1.2.3", "DEMO_LISTEN_HOST": "127.0.0.1", "DEMO_PORT": "9000",
+    assert server_mod.load_config({"POD_IP": "127.128.2.3"})["host"] == "127.128.2.3"
+    config = server_mod.load_config({"POD_IP": "127.128.2.3", "DEMO_LISTEN_HOST": "127.0.0.1", "DEMO_PORT": "9000",
                                      "DEMO_MODEL": "llama", "DEMO_LIBCUDA": "/x/libcuda.so.1", "DEMO_CUDA_DEVICE": "3",
                                      "DEMO_EXIT_ON_FATAL": "0", "DEMO_VERIFY_COPY": "0"})
     assert config == {"host": "127.0.0.1", "port": 9000, "model": "llama", "libcuda": "/x/libcuda.so.1",

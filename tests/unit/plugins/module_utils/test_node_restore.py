@@ -232,7 +232,7 @@ def node(labels=None, annotations=None, taints=None, unschedulable=None, rv="100
            "metadata": {"name": "gpu-node-1", "uid": uid, "resourceVersion": rv,
                         "labels": dict(base_labels, **(labels or {})),
                         "annotations": dict(base_annotations, **(annotations or {}))},
-           "spec": {"podCIDR": "10.0.1.0/24"},
+           "spec": {"podCIDR": "127.128.1.0/24"},
            "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
     if taints is not None:
         obj["spec"]["taints"] = taints
@@ -362,7 +362,7 @@ def test_restores_a_drilled_node_exactly_and_touches_nothing_else():
     assert annotations["example.com/owner"] == "team-a" and annotations[AWS + "results"] == "{}"
     assert restored_node["spec"]["taints"] == [GPU_TAINT, UNREACHABLE]
     assert "unschedulable" not in restored_node["spec"]
-    assert restored_node["spec"]["podCIDR"] == "10.0.1.0/24"
+    assert restored_node["spec"]["podCIDR"] == "127.128.1.0/24"
     assert planned["restored"] == {
         "labels": {AWS + "status": {"from": "fail", "to": "pass"}, DRILL + "target": {"from": "xid79", "to": None}},
         "annotations": {"quarantineHealthEvent": {"from": "[]", "to": None}},

@@ -13,7 +13,7 @@ from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils imp
 # --- realistic objects ---------------------------------------------------------------------------
 
 
-def pod(name, node="gpu-node-0", ip="10.244.1.7", phase="Running", ready=True, restarts=0, hash_="7c9d8b6f5d",
+def pod(name, node="gpu-node-0", ip="127.128.1.7", phase="Running", ready=True, restarts=0, hash_="7c9d8b6f5d",
         deleting=False, ports=None, uid=None):
     meta = {"name": name, "namespace": "inference", "uid": uid or "uid-" + name,
             "labels": {"app": "vllm", "pod-template-hash": hash_}}
@@ -200,7 +200,7 @@ def test_newest_replicaset_by_revision_among_those_the_deployment_controls():
 def test_pod_summary():
     summary = wp.pod_summary(pod("vllm-a", restarts=2))
     assert summary["ready"] is True and summary["restarts"] == 2 and summary["template_hash"] == "7c9d8b6f5d"
-    assert summary["terminating"] is False and summary["node"] == "gpu-node-0" and summary["ip"] == "10.244.1.7"
+    assert summary["terminating"] is False and summary["node"] == "gpu-node-0" and summary["ip"] == "127.128.1.7"
     # Ready only counts while Running (a Succeeded pod may keep a stale condition).
     assert wp.pod_summary(pod("vllm-b", phase="Succeeded"))["ready"] is False
     assert wp.pod_summary(pod("vllm-c", deleting=True))["terminating"] is True
@@ -222,7 +222,7 @@ def test_resolve_port():
     with pytest.raises(wp.ProbeSpecError, match=r"pod vllm-b declares no containerPort on its first container "
                                                 r"\(vllm\): set probe.port"):
         wp.resolve_port(wp.pod_summary(pod("vllm-b", ports=[])), None)
-    assert wp.base_url("http", "10.0.0.1", 80) == "http://10.0.0.1:80"
+    assert wp.base_url("http", "127.128.0.1", 80) == "http://127.128.0.1:80"
     assert wp.base_url("https", "fd00::17", 8443) == "https://[fd00::17]:8443"
 
 
@@ -230,8 +230,8 @@ def test_resolve_port():
 
 def test_openai_requests():
     probe = wp.normalize_probe({"headers": {"Authorization": "Bearer k"}})
-    request = wp.probe_request(probe, "http://10.0.0.1:8000/", "llama-3-8b")
-    assert request["method"] == "POST" and request["url"] == "http://10.0.0.1:8000/v1/completions"
+    request = wp.probe_request(probe, "http://127.128.0.1:8000/", "llama-3-8b")
+    assert request["method"] == "POST" and request["url"] == "http://127.128.0.1:8000/v1/completions"
     assert json.loads(request["body"]) == {"model": "llama-3-8b", "prompt": "ping", "max_tokens": 4}
     assert request["headers"] == {"Authorization": "Bearer k", "Content-Type": "application/json",
                                   "Accept": "application/json"}
@@ -408,15 +408,15 @@ def test_probe_target_looks_the_model_up_once(server):
 
 def test_serving_needs_min_pods_ready_and_every_one_answering():
     t = tracker(min_pods=2)
-    t.observe(pod("vllm-a", ip="10.0.0.1"), 0.01)
-    t.observe(pod("vllm-b", node="gpu-node-1", ip="10.0.0.2", ready=False), 0.01)
+    t.observe(pod("vllm-a", ip="127.128.0.1"), 0.01)
+    t.observe(pod("vllm-b", node="gpu-node-1", ip="127.128.0.2", ready=False), 0.01)
     t.start()
     assert [e["name"] for e in t.targets()] == ["vllm-a"]
     t.record_probe("uid-vllm-a", ok(), 0.1)
     state = t.evaluate()
     assert state["satisfied"] is False and state["counted"] == ["vllm-a"]
     assert state["summary"] == "1 of the 2 pod(s) needed are Running and Ready; 1 of them answer"
-    t.observe(pod("vllm-b", node="gpu-node-1", ip="10.0.0.2"), 0.2)
+    t.observe(pod("vllm-b", node="gpu-node-1", ip="127.128.0.2"), 0.2)
     assert [e["name"] for e in t.targets()] == ["vllm-a", "vllm-b"]
     t.record_probe("uid-vllm-b", bad(), 0.3)
     state = t.evaluate()
@@ -438,8 +438,8 @@ def test_serving_does_not_count_terminating_or_finished_pods():
 
 def test_serving_with_exclude_nodes_waits_until_no_pod_is_left_there():
     t = tracker(min_pods=1, exclude_nodes=["gpu-node-1"])
-    t.observe(pod("vllm-a", ip="10.0.0.1"), 0.0)
-    t.observe(pod("vllm-b", node="gpu-node-1", ip="10.0.0.2"), 0.0)
+    t.observe(pod("vllm-a", ip="127.128.0.1"), 0.0)
+    t.observe(pod("vllm-b", node="gpu-node-1", ip="127.128.0.2"), 0.0)
     t.start()
     assert [e["name"] for e in t.targets()] == ["vllm-a"]
     t.record_probe("uid-vllm-a", ok(), 0.1)
@@ -448,7 +448,7 @@ def test_serving_with_exclude_nodes_waits_until_no_pod_is_left_there():
     assert state["summary"].endswith("1 pod(s) still on excluded nodes (vllm-b on gpu-node-1)")
     assert dict((p["name"], p["verdict"]) for p in t.pod_results())["vllm-b"] == "on excluded node gpu-node-1"
     # Being deleted is enough: a pod the endpoints controller no longer routes to does not block.
-    t.observe(pod("vllm-b", node="gpu-node-1", ip="10.0.0.2", deleting=True), 1.0)
+    t.observe(pod("vllm-b", node="gpu-node-1", ip="127.128.0.2", deleting=True), 1.0)
     assert t.evaluate()["satisfied"] is True
     t.remove(pod("vllm-b"), 1.5)
     assert [p["name"] for p in t.pod_results()] == ["vllm-a"]
@@ -456,7 +456,7 @@ def test_serving_with_exclude_nodes_waits_until_no_pod_is_left_there():
 
 def test_serving_on_given_nodes_only():
     t = tracker(min_pods=1, nodes=["gpu-node-1"])
-    t.observe(pod("vllm-a", ip="10.0.0.1"), 0.0)
+    t.observe(pod("vllm-a", ip="127.128.0.1"), 0.0)
     t.start()
     assert t.targets() == [] and t.evaluate()["satisfied"] is False
     assert t.pod_results()[0]["verdict"] == "not on nodes (not counted)"
@@ -465,13 +465,13 @@ def test_serving_on_given_nodes_only():
 def test_template_current_counts_the_newest_template_and_asks_again_for_unknown_ones():
     t = tracker(min_pods=1, template_current=True)
     t.set_template("new333", {"old111", "new333"})
-    t.observe(pod("vllm-old", hash_="old111", ip="10.0.0.1"), 0.0)
+    t.observe(pod("vllm-old", hash_="old111", ip="127.128.0.1"), 0.0)
     t.start()
     assert t.targets() == [] and t.unknown_hashes() == set()
     assert t.pod_results()[0]["verdict"] == "old pod template old111 (not counted; newest is new333)"
-    t.observe(pod("vllm-new", hash_="new333", ip="10.0.0.2"), 0.5)
+    t.observe(pod("vllm-new", hash_="new333", ip="127.128.0.2"), 0.5)
     assert [e["name"] for e in t.targets()] == ["vllm-new"]
-    t.observe(pod("vllm-newer", hash_="abc999", ip="10.0.0.3"), 0.6)
+    t.observe(pod("vllm-newer", hash_="abc999", ip="127.128.0.3"), 0.6)
     assert t.unknown_hashes() == {"abc999"}
     t.set_template("abc999", {"old111", "new333", "abc999"})
     assert t.unknown_hashes() == set() and [e["name"] for e in t.targets()] == ["vllm-newer"]
@@ -512,9 +512,9 @@ def test_serving_through_a_url():
 
 def failing_tracker(failing_pods="any", **kw):
     t = tracker("failing", failing_pods=failing_pods, nodes=["gpu-node-1"], **kw)
-    t.observe(pod("vllm-a", node="gpu-node-0", ip="10.0.0.1"), 0.01)
-    t.observe(pod("vllm-b", node="gpu-node-1", ip="10.0.0.2"), 0.01)
-    t.observe(pod("vllm-c", node="gpu-node-1", ip="10.0.0.3", restarts=1), 0.01)
+    t.observe(pod("vllm-a", node="gpu-node-0", ip="127.128.0.1"), 0.01)
+    t.observe(pod("vllm-b", node="gpu-node-1", ip="127.128.0.2"), 0.01)
+    t.observe(pod("vllm-c", node="gpu-node-1", ip="127.128.0.3", restarts=1), 0.01)
     return t
 
 
@@ -543,10 +543,10 @@ def test_failing_tracks_the_pods_on_the_nodes_at_the_start_and_remembers_failure
 def test_failing_all_needs_every_tracked_pod_restarted_unready_or_gone():
     t = failing_tracker("all")
     t.start()
-    t.observe(pod("vllm-c", node="gpu-node-1", ip="10.0.0.3", restarts=2), 0.5)   # restart count grew: 1 -> 2
+    t.observe(pod("vllm-c", node="gpu-node-1", ip="127.128.0.3", restarts=2), 0.5)   # restart count grew: 1 -> 2
     state = t.evaluate()
     assert state["satisfied"] is False and state["failing"] == ["vllm-c"] and state["needed"] == 2
-    t.observe(pod("vllm-new", node="gpu-node-1", ip="10.0.0.9"), 0.6)  # a replacement is not tracked
+    t.observe(pod("vllm-new", node="gpu-node-1", ip="127.128.0.9"), 0.6)  # a replacement is not tracked
     assert [p["verdict"] for p in t.pod_results() if p["name"] == "vllm-new"] == \
         ["not tracked (appeared after the check started)"]
     t.remove(pod("vllm-b", node="gpu-node-1"), 0.8)
@@ -575,8 +575,8 @@ def test_failing_counts_pods_already_broken_at_the_start():
 def test_a_relist_marks_missing_pods_gone():
     t = failing_tracker()
     t.start()
-    t.relisted([pod("vllm-a", node="gpu-node-0", ip="10.0.0.1"),
-                pod("vllm-c", node="gpu-node-1", ip="10.0.0.3", restarts=1)], 2.0)
+    t.relisted([pod("vllm-a", node="gpu-node-0", ip="127.128.0.1"),
+                pod("vllm-c", node="gpu-node-1", ip="127.128.0.3", restarts=1)], 2.0)
     state = t.evaluate()
     assert state["satisfied"] is True and state["failing"] == ["vllm-b"]
 
@@ -600,8 +600,8 @@ def test_failing_with_nothing_tracked_is_never_satisfied():
 
 def test_timeout_messages_say_what_was_expected_and_each_pods_verdict():
     t = tracker(min_pods=2, exclude_nodes=["gpu-node-1"])
-    t.observe(pod("vllm-a", ip="10.0.0.1"), 0.0)
-    t.observe(pod("vllm-b", node="gpu-node-1", ip="10.0.0.2"), 0.0)
+    t.observe(pod("vllm-a", ip="127.128.0.1"), 0.0)
+    t.observe(pod("vllm-b", node="gpu-node-1", ip="127.128.0.2"), 0.0)
     t.start()
     t.record_probe("uid-vllm-a", bad(status=None, error="connection refused"), 0.1)
     msg = t.timeout_message("Deployment inference/vllm", 30)
@@ -609,8 +609,8 @@ def test_timeout_messages_say_what_was_expected_and_each_pods_verdict():
         "timed out after 30s waiting for Deployment inference/vllm to be serving: at least 2 pod(s) Running and "
         "Ready, each answering an OpenAI completion (POST /v1/completions: HTTP 200 with choices), and no pod left "
         "on gpu-node-1; 1 of the 2 pod(s) needed are Running and Ready; 0 of them answer; 1 pod(s) still on "
-        "excluded nodes (vllm-b on gpu-node-1). Pods: vllm-a (gpu-node-0, 10.0.0.1): probe failed: connection "
-        "refused | vllm-b (gpu-node-1, 10.0.0.2): on excluded node gpu-node-1")
+        "excluded nodes (vllm-b on gpu-node-1). Pods: vllm-a (gpu-node-0, 127.128.0.1): probe failed: connection "
+        "refused | vllm-b (gpu-node-1, 127.128.0.2): on excluded node gpu-node-1")
     once = t.timeout_message("Deployment inference/vllm", 0)
     assert once.startswith("not satisfied (wait_timeout 0: looked once): expected Deployment inference/vllm to be "
                            "serving")
@@ -619,7 +619,7 @@ def test_timeout_messages_say_what_was_expected_and_each_pods_verdict():
     assert f.timeout_message("StatefulSet inference/db", 60).startswith(
         "timed out after 60s waiting for StatefulSet inference/db to be failing: all of its pods on gpu-node-1 fail "
         "(probe fails, a container restarts, the pod is no longer Ready or gone); 0 of the 2 tracked pod(s) failed, "
-        "2 needed. Pods: vllm-a (gpu-node-0, 10.0.0.1): not tracked (not in scope) | vllm-b (gpu-node-1, 10.0.0.2): "
+        "2 needed. Pods: vllm-a (gpu-node-0, 127.128.0.1): not tracked (not in scope) | vllm-b (gpu-node-1, 127.128.0.2): "
         "still serving: not probed")
     u = tracker(probe=wp.normalize_probe({"type": "http", "url": "http://llm", "path": "/healthz",
                                           "expected_body_regex": "ok"}))
