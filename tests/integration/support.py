@@ -3,6 +3,7 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -147,3 +148,33 @@ def live_pods(namespace, name_prefix, container="agent"):
         if pid and alive(pid):
             out.setdefault(entry["node"], []).append((entry["name"], pid, entry))
     return out
+
+
+def descendants(pid):
+    """Every live process below pid, by their parent ids in /proc."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_run(proc):
+    """SIGKILL a run and everything it started, as a crash would. Ansible's workers call setsid(),
+    so killing the run's process group alone leaves the task that was running going on."""
+    for pid in [proc.pid] + descendants(proc.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    proc.wait()

@@ -9,7 +9,6 @@ cleaned up by a separate run, it must leave every object it could touch exactly 
 import copy
 import json
 import os
-import signal
 import subprocess
 import time
 
@@ -17,7 +16,7 @@ import pytest
 import yaml
 from kubernetes import dynamic
 
-from support import ROOT, ansible_env, ansible_playbook, run_playbook, venv_tool, wait_until
+from support import ROOT, ansible_env, ansible_playbook, kill_run, run_playbook, venv_tool, wait_until
 
 DRILL_VARS = os.path.join(ROOT, "tools", "localcluster", "drill-vars.yml")
 with open(DRILL_VARS) as f:
@@ -168,8 +167,7 @@ def test_a_killed_drill_is_undone_by_a_separate_cleanup_run(stack, api_client, c
                 t.key == HC_PREFIX + "unhealthy" for n in core.list_node().items for t in (n.spec.taints or []))
         wait_until(quarantined, 120, "the drill to quarantine its node")
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_run(proc)
     assert differences(before, dump(api_client)) != []
     out, _recap = run_playbook("cleanup.yml", {})
     assert drill_id in out

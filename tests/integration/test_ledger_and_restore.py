@@ -16,7 +16,7 @@ import uuid
 import pytest
 from kubernetes import client
 
-from support import ROOT, ansible_env, ansible_module, exists, venv_tool, wait_until
+from support import ROOT, ansible_env, ansible_module, exists, kill_run, venv_tool, wait_until
 
 LEDGER = "gpu_resilience.fault_injection.drill_ledger"
 RESTORE = "gpu_resilience.fault_injection.node_marks_restore"
@@ -218,7 +218,7 @@ def test_a_drill_killed_half_way_leaves_its_ledger_for_a_later_run(core, drill, 
         assert proc.poll() is None, "the drill ended by itself:\n" + proc.stdout.read().decode()
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_run(proc)
         proc.wait()
         proc.stdout.close()
     assert proc.returncode == -signal.SIGKILL
