@@ -7,7 +7,6 @@ were after every test, whatever happened. The ledgers live in the agent's namesp
 gpu-fault-injection, created here when missing and then deleted again.
 """
 import json
-import os
 import signal
 import subprocess
 import sys
