@@ -31,13 +31,20 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import base64
 import copy
 import datetime
+import gzip
 import json
 import re
 
 VERSION = 1
 DATA_KEY = "ledger.json"
+# A fleet drill's ledger holds a snapshot of every target node (a few KB each, far more with node
+# feature discovery's labels), and a ConfigMap holds at most 1 MiB. Above this size the ledger is
+# stored gzipped under binaryData (the same JSON, typically a twentieth of the size).
+GZIP_KEY = DATA_KEY + ".gz"
+INLINE_LIMIT = 256 * 1024
 NAME_PREFIX = "gpu-drill-"
 DEFAULT_NAMESPACE = "gpu-fault-injection"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -220,6 +227,12 @@ def parse(config_map):
     """The ledger a ConfigMap holds; LedgerError says what is wrong with it."""
     name = (config_map.get("metadata") or {}).get("name")
     text = (config_map.get("data") or {}).get(DATA_KEY)
+    packed = (config_map.get("binaryData") or {}).get(GZIP_KEY)
+    if text is None and packed is not None:
+        try:
+            text = gzip.decompress(base64.b64decode(packed)).decode("utf-8")
+        except (ValueError, OSError, EOFError) as e:
+            raise LedgerError("%s of ConfigMap %s is not gzipped base64: %s" % (GZIP_KEY, name, e))
     if text is None:
         raise LedgerError("ConfigMap %s has no %s" % (name, DATA_KEY))
     try:
@@ -255,7 +268,12 @@ def config_map(namespace, ledger, resource_version=None):
     }
     if resource_version:
         metadata["resourceVersion"] = resource_version
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": {DATA_KEY: dump(ledger)}}
+    text = dump(ledger)
+    if len(text.encode("utf-8")) <= INLINE_LIMIT:
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": {DATA_KEY: text}}
+    # mtime=0: the same ledger gives the same bytes, so an unchanged ledger is never rewritten.
+    packed = base64.b64encode(gzip.compress(text.encode("utf-8"), mtime=0)).decode("ascii")
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "binaryData": {GZIP_KEY: packed}}
 
 
 def listed(config_map_obj):

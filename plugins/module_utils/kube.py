@@ -61,12 +61,37 @@ def module(argument_spec, **kwargs):
     return AnsibleK8SModule(argument_spec=spec, **kwargs)
 
 
+# Seconds the module spent blocked on watches, waiting for the cluster (its controllers, agents,
+# detectors) to reach a state. Returned as `waited`, so that a drill's own cost can be told apart
+# from the time the cluster took (bench/drill.py).
+_WAITED = [0.0]
+
+
+class Waiting(object):
+    """Counts the time inside the with-block as waiting on the cluster."""
+
+    def __enter__(self):
+        self.started = time.monotonic()
+        return self
+
+    def __exit__(self, *exc_info):
+        _WAITED[0] += time.monotonic() - self.started
+        return False
+
+
+def waited():
+    """Seconds counted by Waiting so far, rounded to the millisecond."""
+    return round(_WAITED[0], 3)
+
+
 def finish(mod, result, warnings=()):
-    """Exit with result: the warnings shown, its diff only in diff mode."""
+    """Exit with result: the warnings shown, its diff only in diff mode, `waited` if it waited."""
     for warning in warnings:
         mod.warn(warning)
     if not mod._diff:  # pylint: disable=protected-access
         result.pop("diff", None)
+    if _WAITED[0]:
+        result.setdefault("waited", waited())
     mod.exit_json(**result)
 
 
@@ -139,25 +164,32 @@ def wait_for(k8s, res, namespace, label_selector, names, done, timeout):
                 timeout, res.kind, ", ".join("%s (status: %s)" % (n, (latest.get(n) or {}).get("status") or "none")
                                              for n in pending)))
         try:
-            for event in k8s.client.watch(res, namespace=namespace, label_selector=label_selector,
-                                          resource_version=version, timeout=max(1, int(remaining))):
-                obj = event["raw_object"]
-                if event["type"] == "ERROR":  # e.g. 410 Gone: the version is too old
-                    raise _Relist()
-                version = obj["metadata"].get("resourceVersion", version)
-                if event["type"] == "DELETED":
-                    latest.pop(obj["metadata"]["name"], None)
-                    if obj["metadata"]["name"] in names:
-                        raise KubeError("%s %s%s was deleted while waiting for it"
-                                        % (res.kind, _ns(namespace), obj["metadata"]["name"]))
-                else:
-                    latest[obj["metadata"]["name"]] = obj
-                if _all_done(latest, names, done):
-                    break
+            with Waiting():
+                version = _follow(k8s, res, namespace, label_selector, names, done, version, remaining, latest)
         except (ApiException, _Relist):
             items, version = list_objects(k8s, res, namespace, label_selector)
             latest = dict((o["metadata"]["name"], o) for o in items)
     return dict((n, latest[n]) for n in names)
+
+
+def _follow(k8s, res, namespace, label_selector, names, done, version, remaining, latest):
+    """wait_for's watch: update latest from events until every name is done or the watch ends."""
+    for event in k8s.client.watch(res, namespace=namespace, label_selector=label_selector,
+                                  resource_version=version, timeout=max(1, int(remaining))):
+        obj = event["raw_object"]
+        if event["type"] == "ERROR":  # e.g. 410 Gone: the version is too old
+            raise _Relist()
+        version = obj["metadata"].get("resourceVersion", version)
+        if event["type"] == "DELETED":
+            latest.pop(obj["metadata"]["name"], None)
+            if obj["metadata"]["name"] in names:
+                raise KubeError("%s %s%s was deleted while waiting for it"
+                                % (res.kind, _ns(namespace), obj["metadata"]["name"]))
+        else:
+            latest[obj["metadata"]["name"]] = obj
+        if _all_done(latest, names, done):
+            break
+    return version
 
 
 def _all_done(latest, names, done):

@@ -226,6 +226,14 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+waited:
+  description:
+    - Seconds the module spent blocked on watches, waiting for the cluster to reach the state it
+      waits for (the rest of its run time is its own work); C(bench/drill.py) uses it to tell a
+      drill's own overhead from the time the cluster took.
+  returned: when the module waited for a rollout
+  type: float
+  sample: 0.82
 workload:
   description: The patched object.
   returned: always

@@ -256,6 +256,25 @@ def wait_for(what, check, timeout, layout, log_name=None):
 
 # --- component command lines -------------------------------------------------------------------
 
+# LOCALCLUSTER_AUDIT=1 at start-up makes the API server log one JSON line per request (who, verb,
+# resource, when) to <state>/audit.log: the benchmarks under bench/ count a drill's requests with it.
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived, ResponseStarted]
+rules:
+  - level: Metadata
+"""
+
+
+def audit_flags(layout):
+    if os.environ.get("LOCALCLUSTER_AUDIT", "") not in ("1", "true"):
+        return []
+    policy = os.path.join(layout.state, "audit-policy.yaml")
+    with open(policy, "w", encoding="utf-8") as f:
+        f.write(AUDIT_POLICY)
+    return ["--audit-policy-file=" + policy, "--audit-log-path=" + os.path.join(layout.state, "audit.log"),
+            "--audit-log-format=json", "--audit-log-maxsize=0"]
+
 def commands(layout, bin_dir, stages_file):
     p, pk = layout.ports, layout.pki
     etcd_url = "http://%s:%d" % (HOST, p["etcd"])
@@ -289,7 +308,7 @@ def commands(layout, bin_dir, stages_file):
             "--proxy-client-cert-file=%s/front-proxy-client.crt" % pk,
             "--proxy-client-key-file=%s/front-proxy-client.key" % pk,
             # Endpoints may not hold loopback addresses; the `kubernetes` Service keeps none.
-            "--endpoint-reconciler-type=none", "--profiling=false", "--v=1"],
+            "--endpoint-reconciler-type=none", "--profiling=false", "--v=1", *audit_flags(layout)],
         "kube-controller-manager": [
             os.path.join(bin_dir, "kube-controller-manager"), *common_auth("kube-controller-manager"),
             "--bind-address=" + HOST, "--secure-port=%d" % p["controller-manager"],

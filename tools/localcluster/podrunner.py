@@ -609,7 +609,9 @@ class Api:
         cfg.host = "https://%s:%d" % (host, port)
         cfg.ssl_ca_cert = ca_file
         self.client = client
-        self.core = client.CoreV1Api(client.ApiClient(cfg))
+        api = client.ApiClient(cfg)
+        api.user_agent = "localcluster-podrunner"   # its requests are told apart in audit logs
+        self.core = client.CoreV1Api(api)
 
     def list_function(self, kind):
         return {"Pod": self.core.list_pod_for_all_namespaces, "Node": self.core.list_node,

@@ -355,3 +355,42 @@ def test_check_params():
         "entries are recorded only with state=present"
     assert module.check_params(dict(state="absent", entries=[], meta={"a": 1})) == "meta is recorded only with state=present"
     assert module.check_params(dict(state="present", entries=[SHIM], meta={"a": 1})) is None
+
+
+# --- stored form of a fleet's ledger ------------------------------------------------------------
+
+def fleet_ledger(nodes):
+    """A ledger with a node entry and a realistic snapshot for each of `nodes` nodes."""
+    ledger = drill_ledger.new_ledger("fleet-500", {"targets": nodes}, T0)
+    for seq, name in enumerate(nodes, 1):
+        snapshot = node_restore.snapshot(node(labels={"kubernetes.io/hostname": name}))
+        snapshot["annotations"]["gpu-healthcheck.aws-samples.io/results"] = json.dumps({"checks": {
+            c: {"detail": "disabled in the configuration", "severity": "PASS", "status": "skipped", "time": T0}
+            for c in ("ecc", "efa", "gpu_count", "gpu_state", "nvlink", "retired_pages")}})
+        ledger["entries"].append({"type": "node", "node": name, "before": snapshot, "seq": seq, "recorded": T0})
+    return ledger
+
+
+def test_a_small_ledger_is_stored_as_readable_json():
+    ledger = fleet_ledger(["gpu-node-1"])
+    stored = drill_ledger.config_map(NS, ledger)
+    assert set(stored) >= {"data"} and "binaryData" not in stored
+    assert drill_ledger.parse(stored) == ledger
+
+
+def test_a_fleets_ledger_is_gzipped_under_binary_data_and_reads_back_the_same():
+    ledger = fleet_ledger(["gpu-node-%d" % i for i in range(500)])
+    assert len(drill_ledger.dump(ledger)) > drill_ledger.INLINE_LIMIT
+    stored = drill_ledger.config_map(NS, ledger, "41")
+    assert "data" not in stored
+    packed = stored["binaryData"][drill_ledger.GZIP_KEY]
+    assert len(packed) < 256 * 1024
+    assert drill_ledger.parse(stored) == ledger
+    # The same ledger gives the same bytes (no gzip timestamp), so a rerun writes nothing new.
+    assert drill_ledger.config_map(NS, copy.deepcopy(ledger), "41") == stored
+
+
+def test_a_damaged_gzipped_ledger_is_a_ledger_error():
+    stored = {"metadata": {"name": "gpu-drill-x"}, "binaryData": {drill_ledger.GZIP_KEY: "bm90IGd6aXA="}}
+    with pytest.raises(LedgerError, match="not gzipped base64"):
+        drill_ledger.parse(stored)
