@@ -7,7 +7,7 @@ for the cluster's controllers, the node agent, the detector or the workload.
 Set-up (not timed as the drill): a private cluster with 3 GPU nodes, the fault-injector agent, the
 health agent as detector and the demo inference workload (tools/localcluster/drill-vars.yml). Then
 --runs drills, one after the other, each with the callback bench/callback_plugins/task_clock.py,
-which logs every task's start, end and `waited`: the seconds its module sat blocked on watches for
+which logs every task's start, end and `waited_seconds`: the seconds its module sat blocked on watches for
 the cluster (every waiting module returns it), plus the delays between the attempts of an until
 loop (async_status collecting the detector watch started before the injection).
 

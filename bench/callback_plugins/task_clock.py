@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Writes one JSON line per task result to $TASK_CLOCK_LOG: when it started and ended, its action,
-and how long it waited on the cluster (the modules' `waited`, and the delays between the attempts
+and how long it waited on the cluster (the modules' `waited_seconds`, and the delays between the attempts
 of an until loop, such as async_status polling a background watcher). bench/drill.py reads it."""
 
 from __future__ import absolute_import, division, print_function
@@ -32,8 +32,8 @@ def _waited(result, delay):
     for item in items:
         if not isinstance(item, dict):
             continue
-        if isinstance(item.get("waited"), (int, float)):
-            total += item["waited"]
+        if isinstance(item.get("waited_seconds"), (int, float)):
+            total += item["waited_seconds"]
         attempts = item.get("attempts")
         if isinstance(attempts, int) and attempts > 1:
             total += (attempts - 1) * float(delay or 0)

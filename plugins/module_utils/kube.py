@@ -62,8 +62,8 @@ def module(argument_spec, **kwargs):
 
 
 # Seconds the module spent blocked on watches, waiting for the cluster (its controllers, agents,
-# detectors) to reach a state. Returned as `waited`, so that a drill's own cost can be told apart
-# from the time the cluster took (bench/drill.py).
+# detectors) to reach a state, returned so that a drill's own cost can be told apart
+# from the time the cluster took (bench/drill.py). Returned as `waited_seconds`.
 _WAITED = [0.0]
 
 
@@ -85,13 +85,13 @@ def waited():
 
 
 def finish(mod, result, warnings=()):
-    """Exit with result: the warnings shown, its diff only in diff mode, `waited` if it waited."""
+    """Exit with result: the warnings shown, its diff only in diff mode, `waited_seconds` if it waited."""
     for warning in warnings:
         mod.warn(warning)
     if not mod._diff:  # pylint: disable=protected-access
         result.pop("diff", None)
     if _WAITED[0]:
-        result.setdefault("waited", waited())
+        result.setdefault("waited_seconds", waited())
     mod.exit_json(**result)
 
 

@@ -178,7 +178,7 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-waited:
+waited_seconds:
   description:
     - Seconds the module spent blocked on watches, waiting for the cluster to reach the state it
       waits for (the rest of its run time is its own work); C(bench/drill.py) uses it to tell a

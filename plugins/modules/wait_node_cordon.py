@@ -183,7 +183,7 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-waited:
+waited_seconds:
   description:
     - Seconds the module spent blocked on watches, waiting for the cluster to reach the state it
       waits for (the rest of its run time is its own work); C(bench/drill.py) uses it to tell a
@@ -616,7 +616,7 @@ def main():
         module.fail_json(msg=str(e), **e.result)
     except (KubeError, node_marks.ConditionError, fault_api.FaultSpecError) as e:
         module.fail_json(msg=str(e), changed=False)
-    module.exit_json(waited=kube.waited(), **result)
+    module.exit_json(waited_seconds=kube.waited(), **result)
 
 
 if __name__ == "__main__":

@@ -64,8 +64,8 @@ def test_parse_time_reads_micro_and_whole_seconds():
 
 
 def test_task_clock_adds_modules_waits_and_until_delays():
-    assert task_clock._waited({"waited": 1.25}, 0) == 1.25
-    assert task_clock._waited({"results": [{"waited": 0.5}, {"waited": 0.25}, {"skipped": True}]}, 0) == 0.75
+    assert task_clock._waited({"waited_seconds": 1.25}, 0) == 1.25
+    assert task_clock._waited({"results": [{"waited_seconds": 0.5}, {"waited_seconds": 0.25}, {"skipped": True}]}, 0) == 0.75
     # async_status polled 4 times, 1 s apart: 3 s spent waiting for the background watcher.
     assert task_clock._waited({"attempts": 4, "finished": 1}, 1) == 3.0
     assert task_clock._waited({"changed": False}, 5) == 0.0

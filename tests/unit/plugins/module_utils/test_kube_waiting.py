@@ -38,7 +38,7 @@ def test_waiting_blocks_add_up_and_finish_returns_them():
     assert 0.04 <= kube.waited() < 1.0
     module = FakeModule()
     kube.finish(module, {"changed": True}, warnings=["w"])
-    assert module.exited["waited"] == kube.waited()
+    assert module.exited["waited_seconds"] == kube.waited()
     assert module.warnings == ["w"]
 
 
