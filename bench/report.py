@@ -73,11 +73,11 @@ def fleet_rows(doc):
     cmd, at = "`%s`" % doc["command"], where(doc)
     rows = []
     for r in doc["results"]:
-        t = r["from_inject_start_s"]
+        t = r["from_injection_request_s"]
         target = ""
         if r["nodes"] == 100:
             target = "all quarantined <= 10 s: %s" % verdict(t["all_quarantined"] <= 10)
-        rows.append(("fleet drill, %d nodes: all injected / detected / quarantined / cleaned, from the inject phase"
+        rows.append(("fleet drill, %d nodes: all injected / detected / quarantined / cleaned, from the injection request"
                      % r["nodes"], "%.1f / %.1f / %.1f / %.1f s" % (t["all_injected"], t["all_detected"],
                                                                    t["all_quarantined"], t["all_cleaned"]),
                      target, cmd, at))
