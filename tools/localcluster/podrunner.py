@@ -651,9 +651,19 @@ class Api:
         except self.client.ApiException as e:
             raise ConfigError("TokenRequest for %s/%s failed: %s %s"
                               % (namespace, service_account, e.status, e.reason)) from None
+        except (OSError, urllib3_error()) as e:
+            # A busy API server (hundreds of pods starting at once) may not answer in time: kubelet
+            # retries too, the runner must not die of it.
+            raise ConfigError("TokenRequest for %s/%s got no answer: %s" % (namespace, service_account, e)) from None
         status = _json_body(resp)["status"]
         expiry = status["expirationTimestamp"].replace("Z", "+00:00")
         return status["token"], datetime.datetime.fromisoformat(expiry).timestamp()
+
+
+def urllib3_error():
+    """urllib3's base exception (timeouts, refused connections), imported where the client is."""
+    from urllib3.exceptions import HTTPError  # the runner runs from the project's venv
+    return HTTPError
 
 
 class Informer(threading.Thread):

@@ -600,3 +600,19 @@ def test_informer_lists_watches_from_the_list_version_and_relists_on_410():
     assert informer._relist() == "30"
     assert drain() == [("changed", "ConfigMap", (NS, "c"))]
     assert sorted(o["metadata"]["name"] for o in informer.items()) == ["a", "c"]
+
+
+def test_a_token_request_the_api_server_does_not_answer_in_time_is_retried_not_fatal():
+    """Hundreds of pods starting at once can keep the API server from answering a TokenRequest
+    within its timeout: the pod waits and is retried (ConfigError), the runner lives on."""
+    from kubernetes import client
+    from urllib3.exceptions import ReadTimeoutError
+
+    class SlowCore:
+        def create_namespaced_service_account_token(self, *args, **kwargs):
+            raise ReadTimeoutError(None, "/api/v1/namespaces/ns/serviceaccounts/sa/token", "Read timed out.")
+
+    api = pr.Api.__new__(pr.Api)
+    api.client, api.core = client, SlowCore()
+    with pytest.raises(pr.ConfigError, match="got no answer"):
+        api.request_token("ns", "sa", "pod-1", "uid-1", None, 3600)
