@@ -942,6 +942,46 @@ def test_file_source_created_later_is_read_from_start(tmp_path):
     source.close()
 
 
+def test_file_source_sleeps_on_inotify_and_wakes_on_an_append(tmp_path):
+    """An idle agent costs nothing (no polling) and still sees an append at once: with a poll of
+    60 s, only the inotify wake-up can deliver the record within the test's bound."""
+    path = tmp_path / "kmsg"
+    path.write_bytes(b"")
+    source = agent_mod.FileSource(str(path), poll=60.0)
+    assert source.notify is not None, "inotify is available on Linux"
+    source.open()
+
+    def append_later():
+        time.sleep(0.2)
+        with open(path, "ab") as handle:
+            handle.write(file_payload(xid_records(79)[0]))
+
+    writer = threading.Thread(target=append_later)
+    writer.start()
+    started = time.monotonic()
+    try:
+        records = source.read(30.0)
+        elapsed = time.monotonic() - started
+        assert [agent_mod.record_observations(r)[0]["xid"] for r in records] == [79]
+        assert 0.15 <= elapsed < 5.0, elapsed
+    finally:
+        writer.join()
+        source.close()
+
+
+def test_file_source_without_inotify_polls(tmp_path, monkeypatch):
+    monkeypatch.setattr(agent_mod, "inotify_watch", lambda directory: None)
+    path = tmp_path / "kmsg"
+    path.write_bytes(b"")
+    source = agent_mod.FileSource(str(path), poll=0.005)
+    assert source.notify is None
+    source.open()
+    with open(path, "ab") as handle:
+        handle.write(file_payload(xid_records(48)[0]))
+    assert len(source.read(0.5)) == 1
+    source.close()
+
+
 def test_kmsg_source_seeks_to_end(tmp_path):
     path = tmp_path / "kmsg"
     path.write_bytes(kmsg_read(xid_records(13)[0], 1))
