@@ -101,8 +101,8 @@ def one_run(custom, watcher, node, xid, timeout=30.0):
         if injected_at is None:
             time.sleep(0.05)
     if injected_at is None or len(seen) < 2:
-        raise SystemExit("run on %s: no %s within %.0f s" % (node, "injection" if injected_at is None else
-                                                                "detection and taint", timeout))
+        missing = "injection" if injected_at is None else "detection and taint"
+        raise SystemExit("run on %s: no %s within %.0f s" % (node, missing, timeout))
     at = clusterkit.parse_time(injected_at)
     return seen["detected"] - at, seen["tainted"] - at
 

@@ -57,8 +57,9 @@ def drill(cluster, nodes, work):
     cleaned = clusterkit.parse_time(phases["cleanup"]["finished"]) - t0
     return {
         "result": timeline["result"], "drill_wall_s": round(wall, 2),
-        "from_injection_request_s": {"all_injected": round(last["inject"], 2), "all_detected": round(last["detect"], 2),
-                                "all_quarantined": round(last["quarantine"], 2), "all_cleaned": round(cleaned, 2)},
+        "from_injection_request_s": {
+            "all_injected": round(last["inject"], 2), "all_detected": round(last["detect"], 2),
+            "all_quarantined": round(last["quarantine"], 2), "all_cleaned": round(cleaned, 2)},
         "phases_s": dict((p["name"], round(p["duration_seconds"], 2)) for p in timeline["phases"]
                          if p["status"] != "skipped"),
         "requests": requests, "drill_requests": requests.get("drill (Ansible)", 0),

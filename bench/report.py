@@ -29,9 +29,8 @@ def load(name):
 
 def where(doc):
     host = doc["host"]
-    return "%s, %d CPUs%s, %s" % (host["machine"], host["cpus"],
-                                   ", %.0f GiB" % host["memory_gib"] if host.get("memory_gib") else "",
-                                   doc["date"][:10])
+    memory = ", %.0f GiB" % host["memory_gib"] if host.get("memory_gib") else ""
+    return "%s, %d CPUs%s, %s" % (host["machine"], host["cpus"], memory, doc["date"][:10])
 
 
 def verdict(ok):
@@ -77,10 +76,10 @@ def fleet_rows(doc):
         target = ""
         if r["nodes"] == 100:
             target = "all quarantined <= 10 s: %s" % verdict(t["all_quarantined"] <= 10)
+        times = "%.1f / %.1f / %.1f / %.1f s" % (t["all_injected"], t["all_detected"], t["all_quarantined"],
+                                                 t["all_cleaned"])
         rows.append(("fleet drill, %d nodes: all injected / detected / quarantined / cleaned, from the injection request"
-                     % r["nodes"], "%.1f / %.1f / %.1f / %.1f s" % (t["all_injected"], t["all_detected"],
-                                                                   t["all_quarantined"], t["all_cleaned"]),
-                     target, cmd, at))
+                     % r["nodes"], times, target, cmd, at))
         rows.append(("fleet drill, %d nodes: drill wall, drill's API requests (all clients)" % r["nodes"],
                      "%.1f s, %d (%d)" % (r["drill_wall_s"], r["drill_requests"], sum(r["requests"].values())),
                      "", cmd, at))

@@ -9,7 +9,7 @@ __metaclass__ = type
 
 import re
 
-from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import fault_api, xid_catalog
+from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import agents, fault_api, xid_catalog
 
 _INDEX = re.compile(r"^[0-9]{1,2}$")
 
@@ -43,6 +43,41 @@ def spec_for(params, node):
     if params.get("recovery_action") is not None:
         spec["recoveryAction"] = params["recovery_action"]
     return fault_api.validate_spec(spec)
+
+
+def duplicates(names):
+    """The names given more than once, each once, in the order they first repeat."""
+    seen, out = set(), []
+    for name in names:
+        if name in seen and name not in out:
+            out.append(name)
+        seen.add(name)
+    return out
+
+
+def is_control_plane(node, control_plane_labels):
+    return bool(set(control_plane_labels) & set((node.get("metadata") or {}).get("labels") or {}))
+
+
+def check_listed_nodes(names, node_items, control_plane_labels):
+    """Refuse a list of target nodes if any is missing or a control-plane node, naming all of them.
+
+    node_items is one list of the cluster's Nodes: one API call whatever the number of targets.
+    """
+    by_name = dict((n["metadata"]["name"], n) for n in node_items)
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise fault_api.FaultSpecError("node(s) not found: %s" % ", ".join(missing))
+    control = [n for n in names if is_control_plane(by_name[n], control_plane_labels)]
+    if control:
+        raise fault_api.FaultSpecError("refusing control-plane node(s): %s" % ", ".join(control))
+
+
+def agent_states(nodes, namespace, leases, now):
+    """{node: agents.agent_state} from one list of the agent namespace's Leases, all judged at the same now."""
+    by_name = dict((lease["metadata"]["name"], lease) for lease in leases)
+    return dict((node, agents.agent_state(node, namespace, by_name.get(fault_api.lease_name(node)), now))
+                for node in nodes)
 
 
 def predicted_records(spec, gpus, record_form):

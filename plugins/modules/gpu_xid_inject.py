@@ -16,8 +16,11 @@ description:
     agent writes the driver's own XID lines, for the selected GPU's PCI address, to the node's
     C(/dev/kmsg) (or injects the XID into DCGM), exactly once, and records what it wrote in the
     object's status.
-  - The module first reads the agent's Lease on each node, so a node without a live agent, a GPU the
-    node does not have, or an unknown XID fails with a clear error and creates nothing.
+  - The module first reads the agents' Leases (one list call for any number of nodes), so a node
+    without a live agent, a GPU the node does not have, or an unknown XID fails with a clear error
+    and creates nothing, on any node.
+  - With I(nodes), every node is checked before any fault is created; the faults are then created a
+    few at a time in parallel and waited for together, so one call injects into a whole fleet.
   - It then waits, by watching the objects, for the agents' outcome and returns the exact records written.
   - With I(state=absent) it deletes fault objects (the kernel log itself cannot be unwritten).
   - Each run with I(state=present) and no I(name) injects a new fault, as a driver would log a new
@@ -44,9 +47,18 @@ options:
     default: present
   node:
     description:
-      - Target node. Give I(node) or I(node_selector) for I(state=present).
+      - Target node. Give exactly one of I(node), I(nodes) or I(node_selector) for I(state=present).
       - With I(state=absent), only faults for this node are deleted.
     type: str
+  nodes:
+    description:
+      - Target nodes, injected in one call; the faults are returned in this order.
+      - Each must exist, must not be a control-plane node, and must run a live agent with the selected
+        GPU; if any node fails, the error names every such node and nothing is created.
+      - The list must not be empty or name a node twice. I(name) needs a list of one node.
+      - With I(state=absent), only faults for these nodes are deleted.
+    type: list
+    elements: str
   node_selector:
     description:
       - Label selector choosing target nodes, e.g. C(nvidia.com/gpu.present=true).
@@ -154,6 +166,17 @@ EXAMPLES = r"""
   ansible.builtin.debug:
     var: fault.faults[0].records
 
+- name: XID 79 on GPU 0 of a list of nodes, in one call (every node checked before any fault is created)
+  gpu_resilience.fault_injection.gpu_xid_inject:
+    nodes:
+      - gpu-node-1
+      - gpu-node-2
+      - gpu-node-3
+    gpu: "0"
+    xid: 79
+    drill: fleet-drill-7
+  register: fleet
+
 - name: Uncorrectable ECC on every GPU of two GPU nodes, grouped for cleanup
   gpu_resilience.fault_injection.gpu_xid_inject:
     node_selector: nvidia.com/gpu.present=true
@@ -191,8 +214,17 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+waited_seconds:
+  description:
+    - Seconds the module spent blocked on the watch of its faults, waiting for the node agents to
+      write them (the rest of its run time is its own work); C(bench/drill.py) uses it to tell a
+      drill's own overhead from the time the cluster took.
+  returned: when the module waited
+  type: float
+  sample: 0.12
 faults:
-  description: One entry per fault object created, found, or (state=absent) deleted.
+  description: One entry per fault object created, found, or (state=absent) deleted; with
+    I(state=present), in the order of the target nodes.
   returned: always
   type: list
   elements: dict
@@ -246,13 +278,14 @@ faults:
       type: str
       sample: v1 armed=1 xid=79 error=100 gpu=0000:75:00.0 fault=xid79-gpu-node-1-7xk2p seq=1795461601123
 nodes:
-  description: The target nodes.
+  description: The target nodes, in order.
   returned: state=present
   type: list
   elements: str
   sample: [gpu-node-1]
 """
 
+import concurrent.futures
 import datetime
 
 from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import agents, fault_api, injection, kube
@@ -260,12 +293,16 @@ from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils.kub
 
 CONTROL_PLANE_LABELS = ("node-role.kubernetes.io/control-plane", "node-role.kubernetes.io/master")
 MANAGED_BY = "gpu_xid_inject"
+# Creates in flight at once for a list of nodes: enough to hide the API round trips, few enough not
+# to flood the API server (or trip its priority and fairness limits) on a fleet drill.
+MAX_CREATE_WORKERS = 8
 
 
 def argument_spec():
     return dict(
         state=dict(type="str", choices=["present", "absent"], default="present"),
         node=dict(type="str"),
+        nodes=dict(type="list", elements="str"),
         node_selector=dict(type="str"),
         count=dict(type="int", default=1),
         gpu=dict(type="str", default="0"),
@@ -300,18 +337,13 @@ class Injector:
     # --- state=present ------------------------------------------------------------------------
 
     def present(self):
-        targets = self.target_nodes()
-        planned = []
-        for node in targets:
-            agent = self.live_agent(node)
-            spec = injection.spec_for(self.params, node)
-            gpus = fault_api.select_gpus(node, agent["inventory"], spec["gpu"]) if "gpu" in spec else []
-            planned.append((spec, gpus, agent))
+        targets, states = self.target_nodes()
+        planned = self.plan(targets, states)
         if self.params["name"]:
             existing = kube.get(self.k8s, self.faults, self.params["name"], self.namespace)
             if existing is not None:
                 return self.rerun(existing, planned[0][0])
-        created = [self.create(spec, gpus, agent) for spec, gpus, agent in planned]
+        created = self.create_all(planned)
         if self.module.check_mode or not self.params["wait"]:
             return dict(changed=True, faults=created, nodes=targets, diff=self.diff({}, planned))
         outcome = self.wait([f["name"] for f in created])
@@ -326,31 +358,93 @@ class Injector:
     def diff(before, planned):
         return dict(before=before, after=dict(("GPUFault for " + spec["node"], spec) for spec, _g, _a in planned))
 
+    def plan(self, targets, states):
+        """(spec, gpus, agent) per target node, every node checked before anything is created."""
+        planned, problems = [], []
+        for node in targets:
+            agent = states[node]
+            try:
+                spec = injection.spec_for(self.params, node)
+                gpus = fault_api.select_gpus(node, agent["inventory"], spec["gpu"]) if "gpu" in spec else []
+            except fault_api.FaultSpecError as e:
+                if str(e) not in problems:  # a bad xid reads the same on every node: say it once
+                    problems.append(str(e))
+                continue
+            planned.append((spec, gpus, agent))
+        if problems:
+            raise fault_api.FaultSpecError("; ".join(problems))
+        return planned
+
     def target_nodes(self):
+        """([node], {node: agent state}): the target nodes in order, each with a live agent."""
         if self.params["node"]:
-            node = fault_api.validate_node_name(self.params["node"])
-            if kube.get(self.k8s, self.nodes, node) is None:
-                raise KubeError("node %s not found" % node)
-            return [node]
+            return self.single_node(fault_api.validate_node_name(self.params["node"]))
+        if self.params["nodes"] is not None:
+            return self.listed_nodes(self.params["nodes"])
+        return self.selected_nodes()
+
+    def single_node(self, node):
+        if kube.get(self.k8s, self.nodes, node) is None:
+            raise KubeError("node %s not found" % node)
+        lease = kube.get(self.k8s, self.leases, fault_api.lease_name(node), self.namespace)
+        agent = agents.agent_state(node, self.namespace, lease, datetime.datetime.now(datetime.timezone.utc))
+        if not agent["alive"]:
+            raise KubeError(agent["reason"])
+        return [node], {node: agent}
+
+    def listed_nodes(self, names):
+        for name in names:
+            fault_api.validate_node_name(name)
+        # One list of all Nodes, not a GET per node: a fleet drill names hundreds.
+        items, _version = kube.list_objects(self.k8s, self.nodes)
+        injection.check_listed_nodes(names, items, CONTROL_PLANE_LABELS)
+        states = self.agents_of(names)
+        dead = [states[n]["reason"] for n in names if not states[n]["alive"]]
+        if dead:
+            raise KubeError("%d of %d target node(s) have no live fault-injector agent: %s"
+                            % (len(dead), len(names), "; ".join(dead)))
+        return list(names), states
+
+    def selected_nodes(self):
         items, _version = kube.list_objects(self.k8s, self.nodes, label_selector=self.params["node_selector"])
         names = sorted(n["metadata"]["name"] for n in items
-                       if not set(CONTROL_PLANE_LABELS) & set(n["metadata"].get("labels") or {}))
-        alive = [n for n in names if self.agent_of(n)["alive"]]
+                       if not injection.is_control_plane(n, CONTROL_PLANE_LABELS))
+        states = self.agents_of(names)
+        alive = [n for n in names if states[n]["alive"]]
         if len(alive) < self.params["count"]:
             raise KubeError("node_selector %r matches %d node(s) (%s), of which %d run a live agent; %d needed"
                             % (self.params["node_selector"], len(names), ", ".join(names) or "none",
                                len(alive), self.params["count"]))
-        return alive[:self.params["count"]]
+        chosen = alive[:self.params["count"]]
+        return chosen, dict((n, states[n]) for n in chosen)
 
-    def agent_of(self, node):
-        lease = kube.get(self.k8s, self.leases, fault_api.lease_name(node), self.namespace)
-        return agents.agent_state(node, self.namespace, lease, datetime.datetime.now(datetime.timezone.utc))
+    def agents_of(self, nodes):
+        """Each node's agent state from ONE list of the namespace's Leases (not a GET per node)."""
+        if not nodes:
+            return {}
+        leases, _version = kube.list_objects(self.k8s, self.leases, self.namespace)
+        return injection.agent_states(nodes, self.namespace, leases, datetime.datetime.now(datetime.timezone.utc))
 
-    def live_agent(self, node):
-        agent = self.agent_of(node)
-        if not agent["alive"]:
-            raise KubeError(agent["reason"])
-        return agent
+    def create_all(self, planned):
+        """Create the faults, a few at a time, returned in the order planned; name every create that failed."""
+        if len(planned) == 1:
+            return [self.create(*planned[0])]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(MAX_CREATE_WORKERS, len(planned))) as pool:
+            outcomes = list(pool.map(self.try_create, planned))
+        errors = [error for _entry, error in outcomes if error]
+        if errors:
+            made = [entry["name"] for entry, _error in outcomes if entry and entry.get("name")]
+            raise KubeError("%d of %d GPUFault creates failed: %s%s" % (
+                len(errors), len(planned), "; ".join(errors),
+                "" if self.module.check_mode or not made else
+                " (created, and staying as the record: %s; delete them with state=absent)" % ", ".join(made)))
+        return [entry for entry, _error in outcomes]
+
+    def try_create(self, plan):
+        try:
+            return self.create(*plan), None
+        except KubeError as e:
+            return None, str(e)
 
     def create(self, spec, gpus, agent):
         if "xid" in spec or "sxid" in spec:
@@ -363,7 +457,7 @@ class Injector:
                                      drill=self.params["drill"], managed_by=MANAGED_BY)
         try:
             made = self.k8s.create(self.faults, obj, namespace=self.namespace).to_dict()
-        except kube.DynamicApiError as e:
+        except (kube.DynamicApiError, kube.TransportError) as e:
             raise KubeError("creating the GPUFault for node %s failed: %s" % (spec["node"], kube.describe(e)))
         entry = injection.result_of(made)
         if self.module.check_mode:
@@ -398,6 +492,10 @@ class Injector:
         items, _version = kube.list_objects(self.k8s, self.faults, self.namespace, ",".join(selector))
         if self.params["name"]:
             items = [o for o in items if o["metadata"]["name"] == self.params["name"]]
+        if self.params["nodes"] is not None:
+            # Filtered here rather than in a set-based selector, which would grow with the fleet.
+            wanted = set(fault_api.node_label_value(n) for n in self.params["nodes"])
+            items = [o for o in items if (o["metadata"].get("labels") or {}).get(fault_api.NODE_LABEL) in wanted]
         deleted = []
         for obj in sorted(items, key=lambda o: o["metadata"]["name"]):
             name = obj["metadata"]["name"]
@@ -414,10 +512,15 @@ class Injector:
 
 def check_params(params):
     """Parameter combinations that the argument spec cannot express."""
+    nodes = params.get("nodes")
+    if nodes is not None and not nodes:
+        return "nodes must name at least one node"
+    if nodes and injection.duplicates(nodes):
+        return "nodes lists %s more than once" % ", ".join(injection.duplicates(nodes))
     if params["state"] == "absent":
-        return None
-    if bool(params["node"]) == bool(params["node_selector"]):
-        return "give exactly one of node or node_selector"
+        return "give at most one of node or nodes" if params["node"] and nodes else None
+    if [bool(params["node"]), nodes is not None, bool(params["node_selector"])].count(True) != 1:
+        return "give exactly one of node, nodes or node_selector"
     if params["xid"] is not None and params["sxid"] is not None:
         return "give exactly one of xid or sxid"
     if params["shim"] == "arm" and params["xid"] is None:
@@ -426,7 +529,7 @@ def check_params(params):
         return "give exactly one of xid or sxid (only shim=disarm needs neither)"
     if params["count"] < 1:
         return "count must be at least 1"
-    if params["name"] and (params["node_selector"] and params["count"] != 1):
+    if params["name"] and ((params["node_selector"] and params["count"] != 1) or (nodes and len(nodes) != 1)):
         return "name needs a single target node"
     if params["wait_timeout"] < 1:
         return "wait_timeout must be at least 1 second"

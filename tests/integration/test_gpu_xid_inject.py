@@ -97,7 +97,36 @@ def test_node_selector_with_count_picks_live_agents(agent):
     assert too_many["failed"] and "3 run a live agent; 4 needed" in too_many["msg"]
 
 
+def test_xid79_on_a_list_of_nodes_lands_in_each_nodes_log_in_one_call(agent, custom):
+    targets = ["gpu-node-2", "gpu-node-0"]   # not in name order: the faults come back in this order
+    names = sorted(f["metadata"]["name"] for f in faults(custom))
+    before = kmsg_sizes()
+    dry = inject(check=True, nodes=targets, gpu="2", xid=79)
+    assert not dry.get("failed"), dry
+    assert [f["node"] for f in dry["faults"]] == targets and all(f["phase"] == "DryRun" for f in dry["faults"])
+    assert sorted(f["metadata"]["name"] for f in faults(custom)) == names and kmsg_sizes() == before
+    result = inject(nodes=targets, gpu="2", xid=79, drill="it-list")
+    assert not result.get("failed"), result
+    assert result["changed"] and result["nodes"] == targets
+    assert [f["node"] for f in result["faults"]] == targets
+    for fault, predicted in zip(result["faults"], dry["faults"]):
+        assert fault["phase"] == "Injected" and fault["pci_addresses"] == [GPU2_PCI]
+        assert fault["records"] == predicted["records"]
+        with open(kmsg_path(fault["node"]), "rb") as f:
+            f.seek(before[fault["node"]])
+            assert f.read().decode() == "".join("<3>%s\n" % r for r in fault["records"])
+    assert kmsg_sizes()["gpu-node-1"] == before["gpu-node-1"]   # the node not listed is untouched
+    labelled = [f for f in faults(custom) if f["metadata"]["labels"].get(GROUP + "/drill") == "it-list"]
+    assert sorted(f["metadata"]["name"] for f in labelled) == sorted(f["name"] for f in result["faults"])
+    gone = inject(state="absent", drill="it-list")
+    assert gone["changed"] and sorted(f["node"] for f in gone["faults"]) == sorted(targets)
+
+
 @pytest.mark.parametrize("args, words", [
+    (dict(nodes=["gpu-node-0", "no-such-node", "gpu-node-1"], xid=79), "node(s) not found: no-such-node"),
+    (dict(nodes=["gpu-node-0", "cpu-node-0"], xid=79), "no fault-injector agent runs on node cpu-node-0"),
+    (dict(nodes=["gpu-node-0", "gpu-node-1"], gpu="8", xid=79), "GPU index 8 is out of range: node gpu-node-0"),
+    (dict(nodes=["gpu-node-0", "gpu-node-0"], xid=79), "nodes lists gpu-node-0 more than once"),
     (dict(node="gpu-node-1", xid=12345), "unknown xid"),
     (dict(node="no-such-node", xid=79), "node no-such-node not found"),
     (dict(node="cpu-node-0", xid=79), "no fault-injector agent runs on node cpu-node-0"),

@@ -275,6 +275,7 @@ def audit_flags(layout):
     return ["--audit-policy-file=" + policy, "--audit-log-path=" + os.path.join(layout.state, "audit.log"),
             "--audit-log-format=json", "--audit-log-maxsize=0"]
 
+
 def commands(layout, bin_dir, stages_file):
     p, pk = layout.ports, layout.pki
     etcd_url = "http://%s:%d" % (HOST, p["etcd"])

@@ -20,7 +20,8 @@ _spec.loader.exec_module(task_clock)
 
 
 def test_readme_table_is_the_one_the_results_give():
-    done = subprocess.run([sys.executable, os.path.join(BENCH, "report.py"), "--check"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, os.path.join(BENCH, "report.py"), "--check"], capture_output=True, text=True,
+                          check=False)
     assert done.returncode == 0, done.stderr
 
 

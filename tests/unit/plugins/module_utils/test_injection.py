@@ -13,7 +13,7 @@ GPUS = [{"index": 0, "minor": 1, "pci": "0000:53:00.0", "uuid": "GPU-ebed76ae-95
 
 
 def params(**overrides):
-    base = dict(state="present", node="gpu-node-1", node_selector=None, count=1, gpu="0", xid=79, sxid=None,
+    base = dict(state="present", node="gpu-node-1", nodes=None, node_selector=None, count=1, gpu="0", xid=79, sxid=None,
                 text=None, recovery_action=None, method="kmsg", shim=None, name=None, drill=None,
                 agent_namespace="gpu-fault-injection", wait=True, wait_timeout=60)
     base.update(overrides)
@@ -94,8 +94,10 @@ def test_dead_or_broken_agents_are_explained(obj, words):
 
 
 @pytest.mark.parametrize("overrides, words", [
-    (dict(node=None), "exactly one of node or node_selector"),
-    (dict(node_selector="a=b"), "exactly one of node or node_selector"),
+    (dict(node=None), "exactly one of node, nodes or node_selector"),
+    (dict(node_selector="a=b"), "exactly one of node, nodes or node_selector"),
+    (dict(node=None, nodes=["a"], node_selector="x=y"), "exactly one of node, nodes or node_selector"),
+    (dict(node=None, nodes=["a", "b"], name="f"), "single target node"),
     (dict(xid=None), "exactly one of xid or sxid"),
     (dict(xid=None, shim="arm"), "shim=arm needs an xid"),
     (dict(sxid={"code": 12028}), "exactly one of xid or sxid"),
@@ -114,6 +116,37 @@ def test_module_arguments_match_its_documentation():
     documented = set(yaml.safe_load(gpu_xid_inject.DOCUMENTATION)["options"])
     documented |= set(yaml.safe_load(agent.ModuleDocFragment.DOCUMENTATION)["options"])
     assert documented == set(gpu_xid_inject.argument_spec())
+
+
+def test_duplicates_are_named_once_in_order():
+    assert injection.duplicates(["a", "b", "b", "a", "c", "b"]) == ["b", "a"]
+    assert injection.duplicates(["a", "b"]) == [] and injection.duplicates([]) == []
+
+
+def node(name, **labels):
+    return {"metadata": {"name": name, "labels": labels}}
+
+
+def test_listed_nodes_must_exist_and_not_be_control_plane():
+    items = [node("n1"), node("n2", **{"node-role.kubernetes.io/control-plane": ""}),
+             node("n3", **{"node-role.kubernetes.io/master": "true"}), node("n4")]
+    labels = gpu_xid_inject.CONTROL_PLANE_LABELS
+    injection.check_listed_nodes(["n4", "n1"], items, labels)
+    with pytest.raises(fault_api.FaultSpecError, match=r"^node\(s\) not found: n9, n0$"):
+        injection.check_listed_nodes(["n9", "n1", "n2", "n0"], items, labels)
+    with pytest.raises(fault_api.FaultSpecError, match=r"^refusing control-plane node\(s\): n3, n2$"):
+        injection.check_listed_nodes(["n3", "n1", "n2"], items, labels)
+    assert injection.is_control_plane(items[1], labels) and not injection.is_control_plane({"metadata": {}}, labels)
+
+
+def test_agent_states_from_one_list_of_leases():
+    fresh = dict(lease(3), metadata=dict(lease(3)["metadata"], name=fault_api.lease_name("n1")))
+    stale = dict(lease(45), metadata=dict(lease(45)["metadata"], name=fault_api.lease_name("n2")))
+    other = dict(lease(3), metadata=dict(lease(3)["metadata"], name="unrelated"))
+    states = injection.agent_states(["n1", "n2", "n3"], "ns", [other, stale, fresh], NOW)
+    assert states["n1"]["alive"] and states["n1"]["inventory"] == GPUS
+    assert not states["n2"]["alive"] and "stopped renewing" in states["n2"]["reason"]
+    assert not states["n3"]["alive"] and "no fault-injector agent runs on node n3" in states["n3"]["reason"]
 
 
 def test_shim_only_disarm():

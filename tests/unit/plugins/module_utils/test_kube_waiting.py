@@ -32,7 +32,7 @@ def test_finish_leaves_waited_out_when_the_module_never_waited():
 
 
 def test_waiting_blocks_add_up_and_finish_returns_them():
-    for _ in range(2):
+    for _round in range(2):
         with kube.Waiting():
             time.sleep(0.02)
     assert 0.04 <= kube.waited() < 1.0
