@@ -204,6 +204,8 @@ from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils.kub
 
 STATES = ("present", "absent")
 MAX_ATTEMPTS = 5
+# Up to this many nodes are read one by one (a GET each); more with one list of all nodes.
+FEW_NODES = 5
 
 
 def argument_spec():
@@ -263,10 +265,18 @@ class Ledgers:
         return obj, drill_ledger.parse(obj)
 
     def snapshots(self, nodes):
-        """node -> its snapshot; fails naming every node that does not exist."""
+        """node -> its snapshot; fails naming every node that does not exist. A few nodes are read
+        one by one; a fleet's with one list of all nodes (one request instead of hundreds)."""
         found, missing = {}, []
+        if len(nodes) > FEW_NODES:
+            items, _version = kube.list_objects(self.k8s, self.nodes)
+            listed = dict((n["metadata"]["name"], n) for n in items)
+            lookup = listed.get
+        else:
+            def lookup(name):
+                return kube.get(self.k8s, self.nodes, name)
         for name in nodes:
-            node = kube.get(self.k8s, self.nodes, name)
+            node = lookup(name)
             if node is None:
                 missing.append(name)
             else:

@@ -394,3 +394,25 @@ def test_a_damaged_gzipped_ledger_is_a_ledger_error():
     stored = {"metadata": {"name": "gpu-drill-x"}, "binaryData": {drill_ledger.GZIP_KEY: "bm90IGd6aXA="}}
     with pytest.raises(LedgerError, match="not gzipped base64"):
         drill_ledger.parse(stored)
+
+
+def test_a_fleets_nodes_are_read_with_one_list_and_missing_ones_named():
+    names = ["gpu-node-%d" % i for i in range(12)]
+    fleet = []
+    for name in names:
+        obj = node(labels={"kubernetes.io/hostname": name})
+        obj["metadata"]["name"] = name
+        fleet.append(obj)
+    api = FakeK8s(nodes=fleet)
+    reads = []
+    real_get = api.get
+
+    def counting_get(res, name=None, **kwargs):
+        reads.append((res.kind, name))
+        return real_get(res, name=name, **kwargs)
+    api.get = counting_get
+    result = ledgers(api).present("fleet", None, [{"type": "node", "node": n} for n in names])
+    assert [e["node"] for e in result["ledger"]["entries"]] == names
+    assert [r for r in reads if r[0] == "Node"] == [("Node", None)]   # one list, no GET per node
+    with pytest.raises(KubeError, match="nodes gpu-node-40, gpu-node-41 not found"):
+        ledgers(api).present("fleet2", None, [{"type": "node", "node": n} for n in names + ["gpu-node-40", "gpu-node-41"]])
