@@ -96,6 +96,28 @@ def validate_snapshot(before):
     return before
 
 
+# --- several nodes --------------------------------------------------------------------------------
+
+def check_batch(names):
+    """RestoreError when a node is listed more than once: its two snapshots would fight."""
+    seen, twice = set(), []
+    for name in names:
+        if name in seen and name not in twice:
+            twice.append(name)
+        seen.add(name)
+    if twice:
+        raise RestoreError("nodes lists %s more than once; give each node once, with its own before"
+                           % ", ".join(twice))
+    return names
+
+
+def progress(restored):
+    """How far a list got before a failure, for its message."""
+    if not restored:
+        return "no node had been restored yet"
+    return "restored before the failure (and left restored): %s" % ", ".join(restored)
+
+
 # --- scope ----------------------------------------------------------------------------------------
 
 def make_scope(prefixes=DEFAULT_PREFIXES, keys=(), ignore=DEFAULT_IGNORE, unschedulable=True, taints=True):

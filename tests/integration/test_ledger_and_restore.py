@@ -2,8 +2,9 @@
 its ledger, the node is then marked as a drill and a detector would mark it, and the restoration puts
 exactly the in-scope marks back; a drill killed half-way leaves its ledger for a later run to find.
 
-gpu-node-1 is changed (a label, a taint and a cordon); the `node` fixture puts its marks back as they
-were after every test, whatever happened. The ledgers live in the agent's namespace
+gpu-node-1 (and, restored together with it, gpu-node-2) is changed (a label, a taint and a cordon);
+the `node` and `nodes` fixtures put their marks back as they were after every test, whatever
+happened. The ledgers live in the agent's namespace
 gpu-fault-injection, created here when missing and then deleted again.
 """
 import json
@@ -21,6 +22,7 @@ LEDGER = "gpu_resilience.fault_injection.drill_ledger"
 RESTORE = "gpu_resilience.fault_injection.node_marks_restore"
 NS = "gpu-fault-injection"
 NODE = "gpu-node-1"
+OTHER_NODE = "gpu-node-2"
 DRILL_PREFIX = "fault-injection.gpu-resilience.io/"
 AWS = "gpu-healthcheck.aws-samples.io/"
 UNSCHEDULABLE_TAINT = "node.kubernetes.io/unschedulable"
@@ -70,17 +72,36 @@ def drill(core, agent_namespace):
             raise
 
 
+def remember_marks(api_client, core, name):
+    """A function that puts the marks the tests touch on the node back as they are now."""
+    before = core.read_node(name)
+    taints = [api_client.sanitize_for_serialization(t) for t in before.spec.taints or []]
+
+    def put_back():
+        core.patch_node(name, {
+            "spec": {"unschedulable": True if before.spec.unschedulable else None, "taints": taints or None},
+            "metadata": {
+                "labels": dict((k, (before.metadata.labels or {}).get(k)) for k in TEST_LABELS),
+                "annotations": dict((k, (before.metadata.annotations or {}).get(k)) for k in TEST_ANNOTATIONS)}})
+    return put_back
+
+
 @pytest.fixture()
 def node(api_client, core):
     """gpu-node-1, with the marks the tests touch put back as they were afterwards."""
-    before = core.read_node(NODE)
-    taints = [api_client.sanitize_for_serialization(t) for t in before.spec.taints or []]
+    put_back = remember_marks(api_client, core, NODE)
     yield NODE
-    core.patch_node(NODE, {
-        "spec": {"unschedulable": True if before.spec.unschedulable else None, "taints": taints or None},
-        "metadata": {
-            "labels": dict((k, (before.metadata.labels or {}).get(k)) for k in TEST_LABELS),
-            "annotations": dict((k, (before.metadata.annotations or {}).get(k)) for k in TEST_ANNOTATIONS)}})
+    put_back()
+
+
+@pytest.fixture()
+def nodes(api_client, core):
+    """gpu-node-1 and gpu-node-2, with the marks the tests touch put back as they were afterwards."""
+    names = (NODE, OTHER_NODE)
+    put_backs = [remember_marks(api_client, core, name) for name in names]
+    yield names
+    for put_back in put_backs:
+        put_back()
 
 
 def raw_node(api_client, core, name=NODE):
@@ -120,21 +141,21 @@ def clean_failure(result, fragment):
     assert "Traceback" not in json.dumps(result) and result.get("exception", PLACEHOLDER) == PLACEHOLDER
 
 
-def mark_as_drilled(core, drill):
+def mark_as_drilled(core, drill, name=NODE):
     """What a drill and the health agent do to the node: a drill label, the agent's status label and
     taint, NVSentinel's annotation, a cordon; and another controller's annotation on the side."""
-    core.patch_node(NODE, {"metadata": {"labels": {DRILL_PREFIX + "drill": drill}}}, field_manager="fault-scenario")
-    core.patch_node(NODE, {"metadata": {"labels": {AWS + "status": "fail"},
+    core.patch_node(name, {"metadata": {"labels": {DRILL_PREFIX + "drill": drill}}}, field_manager="fault-scenario")
+    core.patch_node(name, {"metadata": {"labels": {AWS + "status": "fail"},
                                         "annotations": {"quarantineHealthEvent": "[]"}}},
                     field_manager="gpu-health-agent")
-    current = core.read_node(NODE)
+    current = core.read_node(name)
     taints = list(current.spec.taints or []) + [client.V1Taint(**UNHEALTHY)]
-    core.patch_node(NODE, {"spec": {"taints": taints, "unschedulable": True}}, field_manager="gpu-health-agent")
-    core.patch_node(NODE, {"metadata": {"annotations": {OUT_OF_SCOPE: "team-a"}}}, field_manager="someone-else")
+    core.patch_node(name, {"spec": {"taints": taints, "unschedulable": True}}, field_manager="gpu-health-agent")
+    core.patch_node(name, {"metadata": {"annotations": {OUT_OF_SCOPE: "team-a"}}}, field_manager="someone-else")
     # The node lifecycle controller adds the cordon's taint; wait for it so nothing changes the node
     # behind the restoration.
-    wait_until(lambda: any(t.key == UNSCHEDULABLE_TAINT for t in core.read_node(NODE).spec.taints or []), 30,
-               "the node lifecycle controller's unschedulable taint on " + NODE)
+    wait_until(lambda: any(t.key == UNSCHEDULABLE_TAINT for t in core.read_node(name).spec.taints or []), 30,
+               "the node lifecycle controller's unschedulable taint on " + name)
 
 
 def test_records_the_nodes_then_restores_the_drilled_node_exactly(api_client, core, drill, node):
@@ -186,6 +207,48 @@ def test_records_the_nodes_then_restores_the_drilled_node_exactly(api_client, co
     rerun = ansible_module(RESTORE, {"name": NODE, "before": snapshot})
     assert rerun.get("changed") is False and rerun["patch"] == [] and rerun["restored"] == {}, rerun
     assert raw_node(api_client, core)["metadata"]["resourceVersion"] == after["metadata"]["resourceVersion"]
+
+
+def test_restores_several_nodes_in_one_call(api_client, core, drill, nodes):
+    recorded = ansible_module(LEDGER, {"drill": drill, "entries": [{"type": "node", "node": n} for n in nodes]})
+    assert recorded.get("changed") and not recorded.get("failed"), recorded
+    snapshots = dict((e["node"], e["before"]) for e in recorded["ledger"]["entries"])
+    for name in nodes:
+        mark_as_drilled(core, drill, name)
+    drilled = dict((name, raw_node(api_client, core, name)) for name in nodes)
+    listed = [{"name": name, "before": snapshots[name]} for name in nodes]
+
+    # A node that is gone fails the whole call before any node is changed.
+    missing = ansible_module(RESTORE, {"nodes": listed + [{"name": "gpu-node-9", "before": snapshots[NODE]}]})
+    clean_failure(missing, "node gpu-node-9 not found: a node deleted since the drill cannot be restored")
+    assert "no node was changed" in missing["msg"] and missing.get("changed") is False
+    for name in nodes:
+        assert raw_node(api_client, core, name)["metadata"]["resourceVersion"] == \
+            drilled[name]["metadata"]["resourceVersion"]
+
+    predicted = ansible_module(RESTORE, {"nodes": listed}, check=True, diff=True)
+    assert predicted.get("changed") and not predicted.get("failed"), predicted
+    assert [(n["name"], n["changed"]) for n in predicted["nodes"]] == [(name, True) for name in nodes]
+    assert sorted(predicted["diff"]["after"]) == sorted(nodes)
+    for name in nodes:
+        assert predicted["diff"]["after"][name]["labels"] == scoped(snapshots[name])["labels"]
+        assert raw_node(api_client, core, name)["metadata"]["resourceVersion"] == \
+            drilled[name]["metadata"]["resourceVersion"]
+
+    restored = ansible_module(RESTORE, {"nodes": listed})
+    assert restored.get("changed") and not restored.get("failed"), restored
+    assert "patch" not in restored and "node" not in restored, "the single form's keys are per entry"
+    for name, entry in zip(nodes, restored["nodes"]):
+        assert entry["name"] == name and entry["changed"], entry
+        assert entry["restored"]["unschedulable"] == {"from": True, "to": False}
+        after = raw_node(api_client, core, name)
+        assert scoped(state_of(after)) == scoped(snapshots[name])
+        assert after["metadata"]["annotations"][OUT_OF_SCOPE] == "team-a", "an out-of-scope mark must stay"
+        assert entry["node"]["resource_version"] == after["metadata"]["resourceVersion"]
+
+    rerun = ansible_module(RESTORE, {"nodes": listed})
+    assert rerun.get("changed") is False and not rerun.get("failed"), rerun
+    assert [(n["changed"], n["patch"]) for n in rerun["nodes"]] == [(False, [])] * len(nodes)
 
 
 def test_a_drill_killed_half_way_leaves_its_ledger_for_a_later_run(core, drill, tmp_path):

@@ -1,5 +1,5 @@
 """node_restore: snapshots, scope, and the minimal JSON patch that restores a node's in-scope marks;
-node_marks_restore's Restorer against a stand-in API server (conflicts, check mode, missing node)."""
+node_marks_restore's Restorer and BatchRestorer against a stand-in API server (conflicts, check mode, missing nodes)."""
 import copy
 import itertools
 import json
@@ -8,7 +8,7 @@ import pytest
 from kubernetes.client.rest import ApiException
 from kubernetes.dynamic.exceptions import api_exception
 
-from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import node_marks, node_restore
+from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import fault_api, node_marks, node_restore
 from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils.kube import KubeError
 from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils.node_restore import RestoreError
 from ansible_collections.gpu_resilience.fault_injection.plugins.modules import node_marks_restore
@@ -533,3 +533,184 @@ def test_restorer_warns_about_a_recreated_node():
     assert restorer.run()["changed"]
     assert restorer.warnings == ["node gpu-node-1 was re-created since the snapshot (uid uid-1, now uid-2); "
                                  "its marks are restored all the same"]
+
+
+# --- several nodes in one run (nodes=) -----------------------------------------------------------
+
+NAMES = ("gpu-node-1", "gpu-node-2", "gpu-node-3")
+
+
+def named(obj, name):
+    obj = copy.deepcopy(obj)
+    obj["metadata"]["name"] = name
+    obj["metadata"]["labels"]["kubernetes.io/hostname"] = name
+    return obj
+
+
+def fleet(drilled_names=NAMES, names=NAMES):
+    """A stand-in API server with the named nodes, those in drilled_names marked by a drill; and the
+    nodes= entries that restore them, in names' order."""
+    api = FakeK8s(nodes=[named(drilled(node()) if n in drilled_names else node(), n) for n in names])
+    entries = [{"name": n, "before": node_restore.snapshot(named(node(), n))} for n in names]
+    return api, entries
+
+
+def count_reads(api):
+    """Wrap api.get to record each read: a node's name, or None for a list."""
+    reads = []
+    original = api.get
+
+    def get(res, name=None, **kwargs):
+        reads.append(name)
+        return original(res, name=name, **kwargs)
+    api.get = get
+    return reads
+
+
+def batch(api, entries, check_mode=False):
+    return node_marks_restore.BatchRestorer(api, entries, SCOPE_PARAMS, check_mode=check_mode)
+
+
+def test_batch_reads_all_nodes_with_one_list_and_patches_each_changed_node():
+    api, entries = fleet(drilled_names=("gpu-node-1", "gpu-node-3"))
+    reads = count_reads(api)
+    result = batch(api, entries).run()
+    assert reads == [None], "one list call, no read per node"
+    assert result["changed"] and len(api.calls("patch")) == 2
+    assert [(n["name"], n["changed"]) for n in result["nodes"]] == [
+        ("gpu-node-1", True), ("gpu-node-2", False), ("gpu-node-3", True)]
+    for entry in result["nodes"]:
+        assert set(entry) == {"name", "changed", "patch", "restored", "node"}
+        stored = api.node(entry["name"])
+        assert entry["node"]["resource_version"] == stored["metadata"]["resourceVersion"]
+        assert stored["spec"].get("taints", []) == ([UNREACHABLE] if entry["changed"] else [])
+        assert "unschedulable" not in stored["spec"]
+    assert result["nodes"][1]["patch"] == [] and result["nodes"][1]["restored"] == {}
+    assert result["nodes"][0]["restored"]["unschedulable"] == {"from": True, "to": False}
+    again = batch(api, entries).run()
+    assert not again["changed"] and len(api.calls("patch")) == 2
+
+
+def test_batch_entries_match_the_single_form():
+    api, entries = fleet(names=("gpu-node-1",))
+    single_api, _entries = fleet(names=("gpu-node-1",))
+    single = node_marks_restore.Restorer(single_api, "gpu-node-1", entries[0]["before"], SCOPE_PARAMS).run()
+    listed = batch(api, entries).run()["nodes"][0]
+    single.pop("diff")
+    # The stand-in's list takes a resourceVersion of its own, so the patched nodes' versions differ.
+    assert listed["node"].pop("resource_version") == api.node("gpu-node-1")["metadata"]["resourceVersion"]
+    single["node"].pop("resource_version")
+    assert listed == dict(single, name="gpu-node-1")
+
+
+def test_batch_rereads_only_the_node_whose_patch_meets_a_conflict():
+    api, entries = fleet()
+
+    def detector(_verb, _body):
+        api.update_node("gpu-node-2", lambda n: n["metadata"]["labels"].update({AWS + "severity": "ISOLATE"}))
+    # The hooks run one per write: nothing before node 1's patch, the detector before node 2's.
+    api.before_write = [lambda _verb, _body: None, detector]
+    reads = count_reads(api)
+    result = batch(api, entries).run()
+    assert api.failed_patches == 1 and len(api.calls("patch")) == 4
+    assert reads == [None, "gpu-node-2"], "the conflict's own check is the only extra read"
+    assert AWS + "severity" in result["nodes"][1]["restored"]["labels"]
+    assert all(n["changed"] for n in result["nodes"])
+    assert AWS + "severity" not in api.node("gpu-node-2")["metadata"]["labels"]
+
+
+def test_batch_with_a_missing_node_names_it_and_changes_nothing():
+    api, entries = fleet()
+    entries.insert(1, {"name": "gpu-node-9", "before": entries[0]["before"]})
+    entries.append({"name": "gpu-node-8", "before": entries[0]["before"]})
+    reads = count_reads(api)
+    with pytest.raises(KubeError) as error:
+        batch(api, entries).run()
+    assert str(error.value).startswith("nodes gpu-node-9, gpu-node-8 not found: a node deleted since the drill "
+                                       "cannot be restored")
+    assert "no node was changed" in str(error.value)
+    assert reads == [None] and api.calls("patch") == []
+
+
+def test_batch_checks_every_entry_before_contacting_the_cluster():
+    api, entries = fleet()
+    entries[2] = {"name": "gpu-node-3", "before": {"labels": {}}}
+    reads = count_reads(api)
+    with pytest.raises(RestoreError, match="^node gpu-node-3: before is not a node snapshot"):
+        batch(api, entries)
+    entries[2] = {"name": "Bad_Name", "before": entries[0]["before"]}
+    with pytest.raises(fault_api.FaultSpecError, match="'Bad_Name' is not a valid Kubernetes node name"):
+        batch(api, entries)
+    entries[2] = dict(entries[0])
+    with pytest.raises(RestoreError, match="nodes lists gpu-node-1 more than once"):
+        batch(api, entries)
+    assert reads == [] and api.log == []
+
+
+def test_batch_failure_names_the_node_and_those_already_restored():
+    api, entries = fleet()
+
+    def reject_from_now_on(_verb, _body):
+        api.reject_patches = "spec.taints[0].effect: Unsupported value"
+    api.before_write = [lambda _verb, _body: None, reject_from_now_on]
+    with pytest.raises(node_marks_restore.BatchFailed) as error:
+        batch(api, entries).run()
+    message = str(error.value)
+    assert message.startswith("patching node gpu-node-2 failed: ") and "Unsupported value" in message
+    assert message.endswith("; restored before the failure (and left restored): gpu-node-1")
+    assert error.value.restored == ["gpu-node-1"]
+    assert len(api.calls("patch")) == 2 and "unschedulable" in api.node("gpu-node-3")["spec"]
+
+
+def test_batch_failure_on_the_first_node_says_none_was_restored():
+    api, entries = fleet()
+    api.reject_patches = "forbidden"
+    with pytest.raises(node_marks_restore.BatchFailed, match="; no node had been restored yet$"):
+        batch(api, entries).run()
+
+
+def test_batch_check_mode_predicts_every_node_and_writes_nothing():
+    api, entries = fleet(drilled_names=("gpu-node-2",))
+    stored = dict((n, api.node(n)) for n in NAMES)
+    result = batch(api, entries, check_mode=True).run()
+    assert api.calls("patch") == [] and dict((n, api.node(n)) for n in NAMES) == stored
+    assert result["changed"] and [n["changed"] for n in result["nodes"]] == [False, True, False]
+    predicted = result["nodes"][1]
+    assert predicted["patch"][0]["value"] == stored["gpu-node-2"]["metadata"]["resourceVersion"]
+    assert predicted["node"]["taints"] == [UNREACHABLE] and predicted["node"]["unschedulable"] is False
+    assert predicted["node"]["resource_version"] == stored["gpu-node-2"]["metadata"]["resourceVersion"]
+
+
+def test_batch_diff_is_keyed_by_node():
+    api, entries = fleet(drilled_names=("gpu-node-2",))
+    drilled_marks = node_restore.scoped_marks(node_restore.snapshot(api.node("gpu-node-2")), scope())
+    for check_mode in (True, False):
+        diff = batch(api, entries, check_mode=check_mode).run()["diff"]
+        assert sorted(diff["before"]) == sorted(diff["after"]) == list(NAMES)
+        assert diff["before"]["gpu-node-2"] == drilled_marks
+        for name, entry in zip(NAMES, entries):
+            assert diff["after"][name] == node_restore.scoped_marks(entry["before"], scope())
+        assert diff["before"]["gpu-node-1"] == diff["after"]["gpu-node-1"]
+
+
+def test_batch_of_no_nodes_changes_nothing():
+    api = FakeK8s()
+    assert batch(api, []).run() == {"changed": False, "nodes": [], "diff": {"before": {}, "after": {}}}
+    assert api.log == []
+
+
+def test_batch_warns_about_a_recreated_node():
+    api, entries = fleet()
+    api.update_node("gpu-node-3", lambda n: n["metadata"].update(uid="uid-9"))
+    restorer = batch(api, entries)
+    restorer.run()
+    assert restorer.warnings == ["node gpu-node-3 was re-created since the snapshot (uid uid-1, now uid-9); "
+                                 "its marks are restored all the same"]
+
+
+def test_check_batch_and_progress():
+    assert node_restore.check_batch(["a", "b"]) == ["a", "b"]
+    with pytest.raises(RestoreError, match="nodes lists a, b more than once"):
+        node_restore.check_batch(["a", "b", "a", "b", "a"])
+    assert node_restore.progress([]) == "no node had been restored yet"
+    assert node_restore.progress(["a", "b"]) == "restored before the failure (and left restored): a, b"
