@@ -124,8 +124,14 @@ def main():
     clusterkit.in_project_venv()
     work = tempfile.mkdtemp(prefix="bench-fleet-")
     results = []
+    failed = []
     for i, nodes in enumerate(sizes):
-        figures = one_size(nodes, work, args.keep_cluster and i == len(sizes) - 1)
+        try:
+            figures = one_size(nodes, work, args.keep_cluster and i == len(sizes) - 1)
+        except SystemExit as e:   # a size that fails is recorded, and the others still count
+            failed.append({"nodes": nodes, "error": str(e)})
+            clusterkit.log("%d nodes: FAILED: %s" % (nodes, e))
+            continue
         figures["nodes"] = nodes
         results.append(figures)
         t = figures["from_injection_request_s"]
@@ -155,8 +161,10 @@ def main():
            "agent_rss": rss <= TARGETS["agent_peak_rss_mb"]}
     print("targets: 100 nodes quarantined <= 10 s: %s; growth at most linear: %s; agent RSS <= 40 MB: %s"
           % tuple("met" if m else "NOT met" for m in met.values()))
+    for f in failed:
+        print("%d nodes: FAILED (%s)" % (f["nodes"], f["error"]))
     clusterkit.write_result(args.out or "fleet", "python3 bench/fleet.py --sizes " + args.sizes, {
-        "xid": 79, "results": results, "growth": ratios, "targets": TARGETS, "targets_met": met})
+        "xid": 79, "results": results, "failed": failed, "growth": ratios, "targets": TARGETS, "targets_met": met})
 
 
 if __name__ == "__main__":

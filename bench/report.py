@@ -83,6 +83,9 @@ def fleet_rows(doc):
         rows.append(("fleet drill, %d nodes: drill wall, drill's API requests (all clients)" % r["nodes"],
                      "%.1f s, %d (%d)" % (r["drill_wall_s"], r["drill_requests"], sum(r["requests"].values())),
                      "", cmd, at))
+    for f in doc.get("failed", []):
+        rows.append(("fleet drill, %d nodes" % f["nodes"], "**failed**: %s" % f["error"].replace("|", "/"),
+                     "", cmd, at))
     for g in doc["growth"]:
         linear = all((g[k] or 0) <= g["nodes_x"] for k in ("all_quarantined_x", "drill_wall_x", "drill_requests_x"))
         rows.append(("growth %d -> %d nodes (x%.0f): all quarantined, drill wall, drill requests"
