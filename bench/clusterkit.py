@@ -7,6 +7,7 @@ Each benchmark runs its own cluster in build/bench/<name> on its own ports (LOCA
 
 import collections
 import datetime
+import glob
 import json
 import os
 import platform
@@ -17,6 +18,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results")
+CALLBACKS = os.path.join(ROOT, "bench", "callback_plugins")
 DRILL_VARS = os.path.join(ROOT, "tools", "localcluster", "drill-vars.yml")
 AGENT_NAMESPACES = {"gpu-fault-injection": "fault agent", "gpu-healthcheck": "health agent"}
 BENCH_USER_AGENT = "gpu-resilience-bench"
@@ -88,6 +90,20 @@ class Cluster:
             sys.stderr.write(done.stdout[-6000:] + done.stderr[-3000:])
             raise SystemExit("ansible-playbook %s failed (exit %d)" % (name, done.returncode))
         return time.monotonic() - started
+
+    def timed_drill(self, name, work, tag, *extra):
+        """Run a drill playbook with the task clock (bench/callback_plugins/task_clock.py) and its reports in
+        work; returns (wall seconds, the task clock's records, the drill's timeline JSON)."""
+        clock = os.path.join(work, "tasks-%s.jsonl" % tag)
+        reports = os.path.join(work, "reports-%s" % tag)
+        wall = self.playbook(name, *extra, env={
+            "ANSIBLE_CALLBACK_PLUGINS": CALLBACKS, "ANSIBLE_CALLBACKS_ENABLED": "task_clock",
+            "TASK_CLOCK_LOG": clock, "FAULT_DRILL_REPORT_DIR": reports})
+        with open(clock, encoding="utf-8") as f:
+            records = [json.loads(line) for line in f]
+        with open(glob.glob(os.path.join(reports, "*-timeline.json"))[0], encoding="utf-8") as f:
+            timeline = json.load(f)
+        return wall, records, timeline
 
     def deploy_agents(self):
         """The fault-injector agent and the health agent on every GPU node; their deploy times."""

@@ -20,8 +20,6 @@ where its overhead went, by action.
 
 import argparse
 import collections
-import glob
-import json
 import os
 import statistics
 import sys
@@ -30,19 +28,13 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import clusterkit  # noqa: E402  pylint: disable=wrong-import-position
 
-CALLBACKS = os.path.join(clusterkit.ROOT, "bench", "callback_plugins")
 TARGETS = {"wall_s": 60.0, "overhead_s": 5.0}
 
 
 def one_drill(cluster, work, run):
     """Run the drill once; its wall time, overhead and phases."""
-    clock = os.path.join(work, "tasks-%d.jsonl" % run)
-    reports = os.path.join(work, "reports-%d" % run)
-    cluster.playbook("xid79_e2e.yml", "-e", "fault_scenario_drill_id=bench-drill-%d" % run, env={
-        "ANSIBLE_CALLBACK_PLUGINS": CALLBACKS, "ANSIBLE_CALLBACKS_ENABLED": "task_clock",
-        "TASK_CLOCK_LOG": clock, "FAULT_DRILL_REPORT_DIR": reports})
-    with open(clock, encoding="utf-8") as f:
-        records = [json.loads(line) for line in f]
+    _wall, records, timeline = cluster.timed_drill("xid79_e2e.yml", work, run,
+                                                   "-e", "fault_scenario_drill_id=bench-drill-%d" % run)
     start = next(r["time"] for r in records if r["event"] == "playbook_start")
     end = next(r["time"] for r in records if r["event"] == "playbook_end")
     tasks = [r for r in records if r["event"] == "task" and r.get("start")]
@@ -54,8 +46,6 @@ def one_drill(cluster, work, run):
         entry[1] += t["end"] - t["start"] - t["waited"]
         entry[2] += t["waited"]
     in_tasks = sum(t["end"] - t["start"] for t in tasks)
-    with open(glob.glob(os.path.join(reports, "*-timeline.json"))[0], encoding="utf-8") as f:
-        timeline = json.load(f)
     return {
         "wall_s": round(end - start, 2), "waited_s": round(waited, 2), "overhead_s": round(end - start - waited, 2),
         "tasks": len(tasks), "between_tasks_s": round(end - start - in_tasks, 2),

@@ -20,8 +20,6 @@ writes JSON. Needs about 35 MB of memory per node for the two agents.
 """
 
 import argparse
-import glob
-import json
 import os
 import sys
 import tempfile
@@ -29,25 +27,19 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import clusterkit  # noqa: E402  pylint: disable=wrong-import-position
 
-CALLBACKS = os.path.join(clusterkit.ROOT, "bench", "callback_plugins")
 TARGETS = {"quarantined_100_s": 10.0, "agent_peak_rss_mb": 40.0}
 
 
 def drill(cluster, nodes, work):
     """Run the fleet drill on all nodes; the figures of its timeline and its requests."""
-    reports = os.path.join(work, "reports-%d" % nodes)
-    clock = os.path.join(work, "tasks-%d.jsonl" % nodes)
     mark = cluster.audit_mark()
-    wall = cluster.playbook(
-        "fleet_drill.yml", "-e", "fault_scenario_node_count=%d" % nodes, "-e", "fault_scenario_max_nodes=%d" % nodes,
+    wall, records, timeline = cluster.timed_drill(
+        "fleet_drill.yml", work, nodes, "-e", "fault_scenario_node_count=%d" % nodes, "-e", "fault_scenario_max_nodes=%d" % nodes,
         "-e", "fault_scenario_max_percent=100", "-e", "fault_scenario_confirm=true",
-        "-e", "fault_scenario_drill_id=bench-fleet-%d" % nodes, "-e", '{"fault_scenario_workload_name": ""}',
-        env={"FAULT_DRILL_REPORT_DIR": reports, "ANSIBLE_CALLBACK_PLUGINS": CALLBACKS,
-             "ANSIBLE_CALLBACKS_ENABLED": "task_clock", "TASK_CLOCK_LOG": clock})
+        "-e", "fault_scenario_drill_id=bench-fleet-%d" % nodes, "-e", '{"fault_scenario_workload_name": ""}')
     requests = cluster.requests(mark)
-    timeline = load_timeline(reports)
     phases = dict((p["name"], p) for p in timeline["phases"])
-    t0 = inject_requested(clock)
+    t0 = inject_requested(records)
     last = {}
     for kind in ("inject", "detect", "quarantine"):
         times = [clusterkit.parse_time(e["time"]) for e in timeline["events"] if e["kind"] == kind and e["node"]]
@@ -66,19 +58,12 @@ def drill(cluster, nodes, work):
     }
 
 
-def inject_requested(clock):
+def inject_requested(records):
     """When the drill's injection task started (the origin of the fleet's times)."""
-    with open(clock, encoding="utf-8") as f:
-        for line in f:
-            record = json.loads(line)
-            if record["event"] == "task" and record["action"].endswith("gpu_xid_inject") and "Inject XID" in record["name"]:
-                return record["start"]
-    raise SystemExit("no injection task in %s" % clock)
-
-
-def load_timeline(reports):
-    with open(glob.glob(os.path.join(reports, "*-timeline.json"))[0], encoding="utf-8") as f:
-        return json.load(f)
+    for record in records:
+        if record["event"] == "task" and record["action"].endswith("gpu_xid_inject") and "Inject XID" in record["name"]:
+            return record["start"]
+    raise SystemExit("no injection task in the drill's task clock")
 
 
 def one_size(nodes, work, keep):

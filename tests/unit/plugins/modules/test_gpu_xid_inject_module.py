@@ -5,20 +5,19 @@ import copy
 import datetime
 import itertools
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
+
 from kubernetes.client.rest import ApiException
 from kubernetes.dynamic.exceptions import api_exception
 
 from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import fault_api, kube
 from ansible_collections.gpu_resilience.fault_injection.plugins.modules import gpu_xid_inject
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
+from ansible_cli import run_module
+
 NAMESPACE = "gpu-fault-injection"
 GPUS = [{"index": i, "minor": i + 1, "pci": "0000:%02x:00.0" % (0x53 + 0x11 * i), "uuid": None} for i in range(2)]
 CONTROL_PLANE = {"node-role.kubernetes.io/control-plane": ""}
@@ -308,21 +307,7 @@ def test_parameter_rules_accept_one_target():
 
 def ansible_run(args):
     """The module through `ansible localhost -m`, with a kubeconfig that does not exist."""
-    ansible = os.path.join(os.path.dirname(sys.executable), "ansible")
-    assert os.path.exists(ansible), "ansible not found next to %s (run with the project's virtualenv)" % sys.executable
-    subprocess.run([os.path.join(ROOT, "tools", "collection-tree.sh")], check=True, stdout=subprocess.DEVNULL)
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, "build", "collections"),
-               ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
-               ANSIBLE_NOCOLOR="1", K8S_AUTH_KUBECONFIG="/nonexistent/kubeconfig")
-    env.pop("KUBECONFIG", None)
-    argv = [ansible, "localhost", "-i", "localhost,", "-c", "local", "-m", "gpu_resilience.fault_injection.gpu_xid_inject",
-            "-a", json.dumps(args), "-e", "ansible_python_interpreter=" + sys.executable]
-    proc = subprocess.run(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          timeout=120, check=False)
-    try:
-        return json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
-    except (ValueError, KeyError, IndexError):
-        pytest.fail("no result (rc %d)\nstdout:\n%s\nstderr:\n%s" % (proc.returncode, proc.stdout, proc.stderr))
+    return run_module("gpu_resilience.fault_injection.gpu_xid_inject", args)
 
 
 @pytest.mark.parametrize("args, words", [
