@@ -13,6 +13,8 @@ cd "$root"
 fail() { echo "tools/sanity.sh: FAILED: $*" >&2; exit 1; }
 
 VENV=$(tools/venv.sh) || fail "could not create the virtualenv (tools/venv.sh)"
+# ansible-test's shellcheck test needs Debian's shellcheck (it reports "skipped" without it).
+tools/debian-packages.sh shellcheck || fail "could not install shellcheck"
 export PATH="$VENV/bin:$PATH"
 pyver=$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 

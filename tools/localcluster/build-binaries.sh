@@ -7,9 +7,9 @@
 #
 # k8s.io/kubernetes cannot be required as-is: its go.mod points every k8s.io staging module at
 # ./staging/src/... . A small wrapper module requires it and replaces each staging module with the
-# matching published v0.<minor>.<patch> release. Versions default to the newest release whose go.mod
-# the installed Go can build (GOTOOLCHAIN=local: no toolchain download); override with
-# K8S_VERSION, ETCD_VERSION, KWOK_VERSION. Output: one directory per version set, printed on stdout.
+# matching published v0.<minor>.<patch> release. Versions come from tools/versions.env (K8S_VERSION,
+# ETCD_VERSION, KWOK_VERSION; the environment may override them). Output: one directory per version
+# set, printed on stdout.
 set -euo pipefail
 
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
@@ -18,23 +18,13 @@ log() { printf '[build-binaries] %s\n' "$*" >&2; }
 
 go_version=$(go env GOVERSION); go_version=${go_version#go}
 
-# newest_buildable MODULE [PATTERN]: newest stable version whose go.mod `go` line <= installed Go.
-newest_buildable() {
-  local mod=$1 v need
-  for v in $(go list -m -versions "$mod" | tr ' ' '\n' | tail -n +2 | grep -vE -- '-(alpha|beta|rc)' | sort -rV); do
-    need=$(go mod download -json "$mod@$v" | python3 -c 'import json,sys,re
-m=open(json.load(sys.stdin)["GoMod"]).read(); g=re.search(r"^go (\S+)", m, re.M); print(g.group(1) if g else "1.0")')
-    if [ "$(printf '%s\n%s\n' "$need" "$go_version" | sort -V | head -1)" = "$need" ]; then
-      echo "$v"; return 0
-    fi
-    log "$mod $v needs go $need (have $go_version), trying older"
-  done
-  log "no buildable version of $mod"; return 1
-}
-
-K8S_VERSION=${K8S_VERSION:-$(newest_buildable k8s.io/kubernetes)}
-ETCD_VERSION=${ETCD_VERSION:-$(newest_buildable go.etcd.io/etcd/server/v3)}
-KWOK_VERSION=${KWOK_VERSION:-$(newest_buildable sigs.k8s.io/kwok)}
+# The pinned versions; a variable already set in the environment wins.
+while IFS='=' read -r key value; do
+  [ -n "${!key:-}" ] || export "$key=$value"
+done < <(grep -E '^[A-Z0-9_]+=' "$(dirname "$0")/../versions.env")
+for key in K8S_VERSION ETCD_VERSION KWOK_VERSION; do
+  [ -n "${!key:-}" ] || { log "$key is not set in tools/versions.env"; exit 1; }
+done
 out="$CACHE_ROOT/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-go$go_version"
 bins=(kube-apiserver kube-controller-manager kube-scheduler etcd kwok)
 
