@@ -34,6 +34,13 @@ for b in "${bins[@]}"; do [ -x "$out/$b" ] || complete=0; done
 if [ "$complete" = 1 ]; then log "cached: $out"; echo "$out"; exit 0; fi
 
 mkdir -p "$out"
+# One build per version set at a time: parallel callers wait here, then find it cached.
+exec 9>"$out.lock"
+flock 9
+complete=1
+for b in "${bins[@]}"; do [ -x "$out/$b" ] || complete=0; done
+[ -s "$out/kwok-stages.yaml" ] || complete=0
+if [ "$complete" = 1 ]; then log "cached: $out"; echo "$out"; exit 0; fi
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 
 # --- Kubernetes --------------------------------------------------------------------------------
