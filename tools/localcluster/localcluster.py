@@ -371,14 +371,20 @@ def node_manifest(name, index, gpus, instance_type, gpu_product):
 
 # PCI bus addresses of the eight GPUs of a p5.48xlarge; larger counts continue the pattern.
 GPU_BUSES = (0x53, 0x64, 0x75, 0x86, 0x97, 0xa8, 0xb9, 0xca)
+DRIVER_VERSION = "570.148.08"   # the simulated nodes' NVIDIA driver (its GSP firmware has the same)
+
+
+def gpu_model(product):
+    """The driver's model name from the node label nvidia.com/gpu.product (dashes for spaces)."""
+    return product.replace("-", " ")
 
 
 def gpu_information(model, uuid, pci, minor):
     """The driver's /proc/driver/nvidia/gpus/<pci>/information text for one GPU."""
     return ("Model: \t\t %s\nIRQ:   \t\t 0\nGPU UUID: \t %s\nVideo BIOS: \t 96.00.99.00.01\n"
             "Bus Type: \t PCIe\nDMA Size: \t 52 bits\nDMA Mask: \t 0xfffffffffffff\n"
-            "Bus Location: \t %s\nDevice Minor: \t %d\nGPU Firmware: \t 570.148.08\n"
-            "GPU Excluded:\t No\n" % (model, uuid, pci, minor))
+            "Bus Location: \t %s\nDevice Minor: \t %d\nGPU Firmware: \t %s\n"
+            "GPU Excluded:\t No\n" % (model, uuid, pci, minor, DRIVER_VERSION))
 
 
 def node_gpus(node_name, count):
@@ -398,7 +404,7 @@ def node_gpus(node_name, count):
 
 def write_node_hosts(layout, args):
     """Give each simulated GPU node the driver's proc files in its host root (the runner's hostPath)."""
-    model = args.gpu_product.replace("-", " ")
+    model = gpu_model(args.gpu_product)
     for i in range(args.nodes):
         name = "gpu-node-%d" % i
         gpus_dir = os.path.join(layout.runner_state, "nodes", name, "host", "proc", "driver", "nvidia", "gpus")
