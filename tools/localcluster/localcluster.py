@@ -1,6 +1,7 @@
 """A real Kubernetes control plane on loopback, with simulated GPU nodes, for tests and demos.
 
     localcluster.py --bin-dir DIR up [--nodes N] [--cpu-nodes M]   start (or converge) the cluster
+                                     [--nvsentinel]                 ... with NVIDIA NVSentinel (nvsentinel.py)
     localcluster.py down                                            stop everything, delete its state
     localcluster.py status | env | restart-runner
 
@@ -32,7 +33,11 @@ import uuid
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
-import pki  # noqa: E402  (sibling module, found through the path above)
+if __name__ == "__main__":
+    # Sibling modules (nvsentinel.py) import this one by name: let them share this instance.
+    sys.modules.setdefault("localcluster", sys.modules[__name__])
+import pki  # noqa: E402  (sibling modules, found through the path above)
+import postgresql  # noqa: E402
 
 HOST = "127.0.0.1"
 SERVICE_CIDR = "127.96.0.0/16"      # only numbers: nothing ever connects to a ClusterIP here
@@ -40,7 +45,8 @@ KWOK_FALLBACK_POD_CIDR = "127.127.0.0/16"
 KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 MANAGED_LABEL = "localcluster.gpu-resilience.io/managed"
 PROCESS_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
-                 "podrunner")
+                 "postgresql", "podrunner")
+NVSENTINEL_PROCESSES = ("postgresql",)   # only in a cluster brought up with --nvsentinel
 STATE_ENV = "LOCALCLUSTER_STATE"
 
 
@@ -68,7 +74,7 @@ class Layout:
         self.info = os.path.join(self.state, "cluster.json")
         self.ports = {"apiserver": port_base + 443, "etcd": port_base + 379,
                       "etcd-peer": port_base + 380, "controller-manager": port_base + 257,
-                      "scheduler": port_base + 259}
+                      "scheduler": port_base + 259, "postgresql": port_base + 432}
 
     @property
     def server(self):
@@ -122,17 +128,26 @@ def running_pid(layout, name):
     return None
 
 
-def spawn(layout, name, argv):
+def spawn(layout, name, argv, **popen):
     os.makedirs(layout.run, exist_ok=True)
     os.makedirs(layout.logs, exist_ok=True)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root"),
            "LANG": "C.UTF-8", STATE_ENV: layout.state}
     with open(os.path.join(layout.logs, name + ".log"), "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                env=env, cwd=layout.state, start_new_session=True)
+                                env=env, cwd=layout.state, start_new_session=True, **popen)
     with open(_pidfile(layout, name), "w") as f:
         json.dump({"pid": proc.pid, "start": _proc_start_time(proc.pid), "argv": argv}, f)
     return proc.pid
+
+
+def process_alive(pid):
+    """pid is a live process, ours or not (a zombie counts as gone)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError, TypeError):
+        return False
 
 
 def _alive(pid):
@@ -327,6 +342,7 @@ def commands(layout, bin_dir, stages_file):
             "--manage-nodes-with-annotation-selector=%s=%s" % KWOK_NODE_ANNOTATION,
             "--cidr=" + KWOK_FALLBACK_POD_CIDR, "--node-ip=" + HOST, "--node-port=0",
             "--node-lease-duration-seconds=40"],
+        "postgresql": postgresql.command(postgresql.Paths(layout.state), p["postgresql"]),
         "podrunner": [
             sys.executable, os.path.join(HERE, "podrunner.py"), "--kubeconfig=" + layout.kubeconfig,
             "--state-dir=" + layout.runner_state, "--api-host=" + HOST,
@@ -402,11 +418,14 @@ def node_gpus(node_name, count):
     return [(pci, minor, "GPU-" + u) for pci, minor, u in gpus]
 
 
+def gpu_node_names(count):
+    return ["gpu-node-%d" % i for i in range(count)]
+
+
 def write_node_hosts(layout, args):
     """Give each simulated GPU node the driver's proc files in its host root (the runner's hostPath)."""
     model = gpu_model(args.gpu_product)
-    for i in range(args.nodes):
-        name = "gpu-node-%d" % i
+    for name in gpu_node_names(args.nodes):
         gpus_dir = os.path.join(layout.runner_state, "nodes", name, "host", "proc", "driver", "nvidia", "gpus")
         os.makedirs(gpus_dir, exist_ok=True)
         for pci, minor, gpu_uuid in node_gpus(name, args.gpus_per_node):
@@ -417,9 +436,8 @@ def write_node_hosts(layout, args):
 
 def desired_nodes(args):
     nodes = []
-    for i in range(args.nodes):
-        nodes.append(node_manifest("gpu-node-%d" % i, i, args.gpus_per_node, args.instance_type,
-                                   args.gpu_product))
+    for i, name in enumerate(gpu_node_names(args.nodes)):
+        nodes.append(node_manifest(name, i, args.gpus_per_node, args.instance_type, args.gpu_product))
     for j in range(args.cpu_nodes):
         nodes.append(node_manifest("cpu-node-%d" % j, args.nodes + j, 0, args.cpu_instance_type, ""))
     return nodes
@@ -465,6 +483,32 @@ def converge_nodes(layout, args):
 CORE = ("etcd", "kube-apiserver")
 
 
+def cluster_info(layout):
+    try:
+        with open(layout.info) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def update_info(layout, **fields):
+    info = cluster_info(layout)
+    info.update(fields)
+    with open(layout.info + ".tmp", "w") as f:
+        json.dump(info, f, indent=2)
+    os.replace(layout.info + ".tmp", layout.info)
+
+
+def processes(layout):
+    """The processes this cluster runs, in start order."""
+    nvsentinel = cluster_info(layout).get("nvsentinel", False)
+    return [name for name in PROCESS_ORDER if nvsentinel or name not in NVSENTINEL_PROCESSES]
+
+
+def spawn_options(name):
+    return postgresql.spawn_options() if name == "postgresql" else {}
+
+
 def healthy(layout):
     """The store and API server are up: the cluster's state is intact and can be converged."""
     return (os.path.exists(layout.info) and all(running_pid(layout, name) for name in CORE)
@@ -474,10 +518,10 @@ def healthy(layout):
 def respawn_missing(layout, bin_dir, stages_file):
     """Restart controllers, KWOK or the runner that died, keeping the cluster's state."""
     cmds = commands(layout, bin_dir, stages_file)
-    for name in PROCESS_ORDER:
+    for name in processes(layout):
         if name not in CORE and not running_pid(layout, name):
             log("restarting %s (not running)" % name)
-            spawn(layout, name, cmds[name])
+            spawn(layout, name, cmds[name], **spawn_options(name))
 
 
 def cmd_up(layout, args):
@@ -501,6 +545,9 @@ def cmd_up(layout, args):
         start(layout, bin_dir, stages_file)
     write_node_hosts(layout, args)
     converge_nodes(layout, args)
+    if args.nvsentinel:
+        import nvsentinel  # noqa: PLC0415  (only this lane needs it, and it imports this module)
+        nvsentinel.up(layout, args)
     print(layout.kubeconfig)
 
 
@@ -561,7 +608,7 @@ def cmd_down(layout, args):
 
 
 def cmd_status(layout, args):
-    procs = {name: running_pid(layout, name) for name in PROCESS_ORDER}
+    procs = {name: running_pid(layout, name) for name in processes(layout)}
     up = healthy(layout) and all(procs.values())
     print(json.dumps({"running": up, "server": layout.server, "kubeconfig": layout.kubeconfig,
                       "processes": procs}, indent=2))
@@ -601,11 +648,20 @@ def main(argv=None):
     up.add_argument("--instance-type", default="p5.48xlarge")
     up.add_argument("--gpu-product", default="NVIDIA-H100-80GB-HBM3")
     up.add_argument("--cpu-instance-type", default="m7i.4xlarge")
+    up.add_argument("--nvsentinel", action="store_true",
+                    help="also run NVIDIA NVSentinel, built from source and deployed by its chart")
+    up.add_argument("--nvsentinel-bin-dir", default=os.environ.get("LOCALCLUSTER_NVSENTINEL_BIN_DIR"),
+                    help="NVSentinel's binaries (the output of build-nvsentinel.sh)")
+    up.add_argument("--helm", default=os.environ.get("LOCALCLUSTER_HELM"),
+                    help="the helm binary (the output of build-helm.sh)")
     for name in ("down", "status", "env", "restart-runner"):
         sub.add_parser(name)
     args = parser.parse_args(argv)
     if args.cmd == "up" and not args.bin_dir:
         parser.error("up needs --bin-dir (or LOCALCLUSTER_BIN_DIR): the output of build-binaries.sh")
+    if args.cmd == "up" and args.nvsentinel and not (args.nvsentinel_bin_dir and args.helm):
+        parser.error("up --nvsentinel needs --nvsentinel-bin-dir and --helm (or LOCALCLUSTER_NVSENTINEL_BIN_DIR "
+                     "and LOCALCLUSTER_HELM): the outputs of build-nvsentinel.sh and build-helm.sh")
     if args.cmd == "up" and not (0 <= args.nodes <= 5000 and 0 <= args.cpu_nodes <= 5000):
         parser.error("--nodes and --cpu-nodes must be between 0 and 5000")
     layout = Layout(args.state_dir, args.port_base)

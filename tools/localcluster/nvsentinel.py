@@ -33,6 +33,7 @@ NAMESPACE = RELEASE = "nvsentinel"   # the namespace the chart's docs install in
 CHART = "distros/kubernetes/nvsentinel"
 VALUES = os.path.join(HERE, "nvsentinel-values.yaml")
 IMAGE_PREFIX = "ghcr.io/nvidia/nvsentinel/"
+SHELL_IMAGE = "docker.io/bitnamilegacy/os-shell"   # the chart's global.initContainerImage
 # Images whose binary build-nvsentinel.sh builds; each is the image's entrypoint (.ko.yaml, Dockerfiles).
 BINARIES = ("syslog-health-monitor", "platform-connectors", "fault-quarantine", "node-drainer",
             "fault-remediation", "janitor", "labeler")
@@ -120,17 +121,210 @@ def pod_templates(docs):
 
 
 def image_map(docs, bin_dir):
-    """image repository -> the binary built from source, for every NVSentinel image the objects use."""
+    """The pod runner's image map (podrunner.py) for every image the objects use.
+
+    NVSentinel's images run the binary built from source as their entrypoint. The chart's one
+    other image, global.initContainerImage (Bitnami's os-shell: a Debian 12 shell), only runs
+    shell commands that the container names itself (`sh -c "cp ..."`): this Debian host's own.
+    """
     images = {}
     for obj, spec in pod_templates(docs):
         for c in spec.get("initContainers", []) + spec.get("containers", []):
-            repo = c["image"].rsplit(":", 1)[0]
-            if not repo.startswith(IMAGE_PREFIX) or c.get("command"):
-                continue
-            name = repo[len(IMAGE_PREFIX):]
-            if name not in BINARIES:
+            repo = c["image"].split("@")[0].rsplit(":", 1)[0]
+            name = repo[len(IMAGE_PREFIX):] if repo.startswith(IMAGE_PREFIX) else None
+            if name in BINARIES:
+                images[repo] = {"entrypoint": [os.path.join(bin_dir, name)], "cmd": []}
+            elif repo == SHELL_IMAGE and c.get("command"):
+                images[repo] = {"entrypoint": [], "cmd": ["sh"]}
+            else:
                 raise localcluster.ClusterError(
-                    "%s %s runs image %s, which build-nvsentinel.sh does not build: turn that component off "
-                    "in %s or add it to the build" % (obj["kind"], obj["metadata"]["name"], c["image"], VALUES))
-            images[repo] = {"command": [os.path.join(bin_dir, name)]}
+                    "%s %s container %s runs image %s, which this lane has no program for: turn that "
+                    "component off in %s, or build it in build-nvsentinel.sh and add it to BINARIES"
+                    % (obj["kind"], obj["metadata"]["name"], c["name"], c["image"], VALUES))
     return images
+
+
+def write_image_map(layout, images, datastore_port):
+    """The runner's image map file for this lane; PostgreSQL is an endpoint the pods reach."""
+    path = os.path.join(layout.image_maps, "nvsentinel.json")
+    os.makedirs(layout.image_maps, exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump({"images": images, "endpoints": ["%s:%d" % (postgresql.HOST, datastore_port)]}, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+# --- applying -----------------------------------------------------------------------------------
+
+def _apply_order(doc):
+    # Namespaced objects need their namespace; pods need their ServiceAccount, RBAC and ConfigMaps.
+    kind = doc["kind"]
+    if kind in ("Namespace", "CustomResourceDefinition"):
+        return 0
+    if kind in ("DaemonSet", "Deployment", "StatefulSet", "Job"):
+        return 2
+    return 1
+
+
+def client_secret(paths):
+    return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": postgresql.CLIENT_SECRET, "namespace": NAMESPACE},
+            "stringData": postgresql.client_secret_data(paths)}
+
+
+def apply(api_client, docs):
+    """Server-side apply of every object, in the release namespace where the chart leaves it open."""
+    from kubernetes import dynamic
+    dyn = dynamic.DynamicClient(api_client)
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
+    for doc in sorted([namespace] + list(docs), key=_apply_order):
+        resource = dyn.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
+        ns = None
+        if resource.namespaced:
+            ns = doc["metadata"].setdefault("namespace", NAMESPACE)
+        resource.server_side_apply(body=doc, name=doc["metadata"]["name"], namespace=ns,
+                                   field_manager=FIELD_MANAGER, force_conflicts=True)
+        if doc["kind"] == "CustomResourceDefinition":
+            _wait_established(dyn, resource, doc["metadata"]["name"])
+            dyn.resources.invalidate_cache()
+
+
+def _wait_established(dyn, resource, name, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conds = (resource.get(name=name).to_dict().get("status") or {}).get("conditions") or []
+        if any(c["type"] == "Established" and c["status"] == "True" for c in conds):
+            return
+        time.sleep(0.1)
+    raise localcluster.ClusterError("CRD %s not Established after %ds" % (name, timeout))
+
+
+
+
+# --- waiting until it runs ----------------------------------------------------------------------
+
+DRIVER_LABEL = "nvsentinel.dgxc.nvidia.com/driver.installed"   # labeler's; syslog-health-monitor selects on it
+SOCKET = "var/run/nvsentinel/nvsentinel.sock"                   # platform-connectors', under a node's host root
+
+
+def workload_of(pod):
+    """The DaemonSet or Deployment a pod belongs to (a ReplicaSet's name less its hash)."""
+    for ref in pod["metadata"].get("ownerReferences") or []:
+        if ref["kind"] == "DaemonSet":
+            return ref["name"]
+        if ref["kind"] == "ReplicaSet":
+            return ref["name"].rsplit("-", 1)[0]
+    return None
+
+
+def runs(entry, alive):
+    """A runner index entry's pod runs: init containers done with 0, the others started and alive."""
+    conts = (entry or {}).get("containers") or {}
+    return bool(conts) and all(
+        (c["done"] and c["exitCode"] == 0) if c["role"] == "init" else (c["started"] and alive(c["pid"]))
+        for c in conts.values())
+
+
+def missing(docs, pods, index, nodes, alive, socket_exists):
+    """What is not running yet, in words (empty when NVSentinel runs everywhere it should).
+
+    pods: the namespace's pods (dicts); index: the runner's pods by uid; nodes: {name: labels};
+    a DaemonSet should run on every node its nodeSelector matches, a Deployment its replicas.
+    """
+    gaps = []
+    by_workload = {}
+    for pod in pods:
+        by_workload.setdefault(workload_of(pod), []).append(pod)
+    for obj, spec in pod_templates(docs):
+        name = obj["metadata"]["name"]
+        mine = by_workload.get(name, [])
+        running = [p for p in mine if runs(index.get(p["metadata"]["uid"]), alive)]
+        if obj["kind"] == "DaemonSet":
+            selector = spec.get("nodeSelector") or {}
+            want = {n for n, labels in nodes.items() if all(labels.get(k) == v for k, v in selector.items())}
+            have = {p["spec"].get("nodeName") for p in running}
+            if want - have:
+                gaps.append("%s not running on %s" % (name, ", ".join(sorted(want - have))))
+            if name == "platform-connectors":
+                gaps += ["no platform-connectors socket on %s" % n for n in sorted(want) if not socket_exists(n)]
+        elif len(running) < obj["spec"].get("replicas", 1):
+            gaps.append("%s: %d of %d pod(s) running" % (name, len(running), obj["spec"].get("replicas", 1)))
+    return gaps
+
+
+def wait_running(api_client, layout, docs, gpu_nodes, timeout=180):
+    """Until labeler has labelled the GPU nodes and every NVSentinel pod runs in the pod runner."""
+    from kubernetes import client
+    core = client.CoreV1Api(api_client)
+    index_path = os.path.join(layout.runner_state, "pods", "index.json")
+
+    def socket_exists(node):
+        return os.path.exists(os.path.join(layout.runner_state, "nodes", node, "host", SOCKET))
+
+    deadline, gaps = time.monotonic() + timeout, ["nothing checked yet"]
+    while time.monotonic() < deadline:
+        nodes = {n.metadata.name: n.metadata.labels or {} for n in core.list_node().items}
+        unlabelled = [n for n in gpu_nodes if nodes.get(n, {}).get(DRIVER_LABEL) != "true"]
+        pods = [api_client.sanitize_for_serialization(p) for p in core.list_namespaced_pod(NAMESPACE).items]
+        try:
+            with open(index_path, encoding="utf-8") as f:
+                index = json.load(f).get("pods", {})
+        except (OSError, ValueError):
+            index = {}
+        gaps = (["labeler has not labelled %s" % ", ".join(unlabelled)] if unlabelled else []) + \
+            missing(docs, pods, index, nodes, localcluster.process_alive, socket_exists)
+        if not gaps:
+            return
+        time.sleep(0.5)
+    raise localcluster.ClusterError("NVSentinel not running after %ds: %s (container logs: %s/pods/)"
+                                    % (timeout, "; ".join(gaps), layout.runner_state))
+
+
+# --- the lane -----------------------------------------------------------------------------------
+
+def log(msg):
+    localcluster.log("nvsentinel: " + msg)
+
+
+def up(layout, args):
+    """PostgreSQL, the GPU metadata, the chart's objects and the image map; then wait until it runs."""
+    import nvsentinel_source
+    from kubernetes import config
+    t0 = time.monotonic()
+    pins, src = versions(), source_dir()
+    problems = nvsentinel_source.verify(src, pins["NVSENTINEL_COMMIT"], pins["NVSENTINEL_SOURCE_DIGEST"])
+    if problems:
+        raise localcluster.ClusterError("; ".join(problems))
+    localcluster.update_info(layout, nvsentinel=True)
+    paths, port = postgresql.Paths(layout.state), layout.ports["postgresql"]
+    postgresql.install()
+    postgresql.ensure_initialised(paths, layout.state)
+    if not localcluster.running_pid(layout, "postgresql"):
+        localcluster.spawn(layout, "postgresql", postgresql.command(paths, port), **postgresql.spawn_options())
+    localcluster.wait_for("PostgreSQL", lambda: postgresql.accepting(paths, port), 30, layout, "postgresql")
+    gpu_nodes = localcluster.gpu_node_names(args.nodes)
+    write_gpu_metadata(layout.runner_state, gpu_nodes, args.gpus_per_node, args.gpu_product)
+    docs = render(args.helm, src, pins, port)
+    write_image_map(layout, image_map(docs, os.path.abspath(args.nvsentinel_bin_dir)), port)
+    api_client = config.new_client_from_config(config_file=layout.kubeconfig)
+    apply(api_client, [client_secret(paths)] + docs)
+    wait_running(api_client, layout, docs, gpu_nodes)
+    log("up in %.1fs (PostgreSQL on %s:%d)" % (time.monotonic() - t0, postgresql.HOST, port))
+
+
+def main(argv=None):
+    import argparse
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("render", help="print the objects up --nvsentinel applies")
+    r.add_argument("--helm", required=True, help="the helm binary (tools/localcluster/build-helm.sh)")
+    r.add_argument("--port-base", type=int, default=int(os.environ.get("LOCALCLUSTER_PORT_BASE", "26000")))
+    args = parser.parse_args(argv)
+    import yaml
+    port = localcluster.Layout(".", args.port_base).ports["postgresql"]
+    docs = render(args.helm, source_dir(), versions(), port)
+    yaml.safe_dump_all(docs, sys.stdout, sort_keys=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,7 +23,6 @@ PG_MAJOR = "15"                  # the Debian package postgresql-15 pins the maj
 DATABASE = "nvsentinel"          # values-postgresql.yaml: global.datastore.connection.database
 USER = "postgres"                # ... connection.username, and the client certificate's CN
 CLIENT_SECRET = "postgresql-client-cert"   # the Secret NVSentinel's pods mount (chart templates)
-PORT_OFFSET = 432                # port = LOCALCLUSTER_PORT_BASE + 432, beside the other components
 HOST = "127.0.0.1"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -36,10 +35,9 @@ class Paths:
         self.bin = "/usr/lib/postgresql/%s/bin" % PG_MAJOR
 
 
-def settings(port):
-    """postgresql.conf lines: loopback TCP only, TLS with our certificates, no durability."""
+def settings():
+    """postgresql.conf lines: TLS with our certificates, no durability (addresses: command())."""
     return {
-        "listen_addresses": "'%s'" % HOST, "port": str(port), "unix_socket_directories": "''",
         "ssl": "on", "ssl_cert_file": "'server.crt'", "ssl_key_file": "'server.key'",
         "ssl_ca_file": "'ca.crt'",
         # NVSentinel's components keep connection pools: 7 processes on a 3-node cluster.
@@ -78,7 +76,7 @@ def _as_user(ids):
     return {"user": ids[0], "group": ids[1], "extra_groups": []}
 
 
-def ensure_initialised(paths, port, state_dir):
+def ensure_initialised(paths, state_dir):
     """Create the certificates, the data directory and the empty database, if missing."""
     pki.ensure_server_pki(paths.pki, "nvsentinel-postgresql-ca", HOST, [HOST], [USER])
     if os.path.exists(os.path.join(paths.data, "PG_VERSION")):
@@ -107,7 +105,7 @@ def ensure_initialised(paths, port, state_dir):
         if ids:
             os.chown(target, *ids)
     with open(os.path.join(paths.data, "postgresql.auto.conf"), "a", encoding="utf-8") as f:
-        f.writelines("%s = %s\n" % kv for kv in settings(port).items())
+        f.writelines("%s = %s\n" % kv for kv in settings().items())
     with open(os.path.join(paths.data, "pg_hba.conf"), "w", encoding="utf-8") as f:
         f.write(HBA)
     # The database, made in single-user mode: no connection, so no credential, is ever needed.
@@ -116,8 +114,10 @@ def ensure_initialised(paths, port, state_dir):
                    stdout=subprocess.DEVNULL, **_as_user(ids))
 
 
-def command(paths):
-    return [os.path.join(paths.bin, "postgres"), "-D", paths.data]
+def command(paths, port):
+    """The server on 127.0.0.1:port only: TCP on loopback, no Unix socket."""
+    return [os.path.join(paths.bin, "postgres"), "-D", paths.data, "-c", "listen_addresses=" + HOST,
+            "-c", "port=%d" % port, "-c", "unix_socket_directories="]
 
 
 def spawn_options():
