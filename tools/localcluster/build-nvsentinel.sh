@@ -3,7 +3,10 @@
 # control plane's NVSentinel lane (tools/local-cluster up --nvsentinel). Prints the output directory.
 #
 #   syslog-health-monitor  <- health-monitors/syslog-health-monitor (cgo, -tags systemd: libsystemd)
-#   platform-connectors, fault-quarantine, node-drainer, fault-remediation, janitor, labeler
+#   platform-connectors, fault-quarantine, node-drainer, fault-remediation, labeler
+#
+# Not janitor: what fault-remediation creates for a reboot is a janitor RebootNode object (its CRD
+# comes with the chart); janitor itself would carry it out through a cloud provider's API.
 #
 # The source directory comes from NVSENTINEL_SRC (default: ../shared/third_party/nvsentinel beside
 # the repository) and must hold NVSENTINEL_COMMIT of tools/versions.env (checked by
@@ -44,7 +47,6 @@ components=(
   fault-quarantine:fault-quarantine:0:
   node-drainer:node-drainer:0:
   fault-remediation:fault-remediation:0:
-  janitor:janitor:0:
   labeler:labeler:0:
 )
 complete() {

@@ -36,9 +36,10 @@ IMAGE_PREFIX = "ghcr.io/nvidia/nvsentinel/"
 SHELL_IMAGE = "docker.io/bitnamilegacy/os-shell"   # the chart's global.initContainerImage
 # Images whose binary build-nvsentinel.sh builds; each is the image's entrypoint (.ko.yaml, Dockerfiles).
 BINARIES = ("syslog-health-monitor", "platform-connectors", "fault-quarantine", "node-drainer",
-            "fault-remediation", "janitor", "labeler")
+            "fault-remediation", "labeler")
 # The remediation objects fault-remediation creates (RebootNode, ...) are janitor's CRDs. Janitor
-# itself stays off (it reboots through a cloud provider's API, with cert-manager certificates).
+# itself stays off: it reboots through a cloud provider's API (janitor-provider), with cert-manager
+# certificates and a webhook; the RebootNode object is this lane's observable remediation.
 CRD_CHARTS = ("charts/janitor",)
 METADATA_FILE = "var/lib/nvsentinel/gpu_metadata.json"   # global.metadataPath, under a node's host root
 FIELD_MANAGER = "local-cluster-nvsentinel"

@@ -20,9 +20,9 @@ import sys
 
 # The Go modules built (build-nvsentinel.sh), the modules they replace with ../<dir>, and the chart.
 SOURCE_DIRS = (
-    "api", "commons", "data-models", "store-client",
+    "commons", "data-models", "store-client",
     "health-monitors/syslog-health-monitor", "platform-connectors", "fault-quarantine",
-    "node-drainer", "fault-remediation", "janitor", "labeler",
+    "node-drainer", "fault-remediation", "labeler",
     "distros/kubernetes/nvsentinel",
 )
 
