@@ -3,13 +3,15 @@
 # cached control-plane binaries), brings up the local control plane, runs each stage, brings it down.
 #
 #   tools/test.sh                 all stages
-#   tools/test.sh unit lint ...   only the named stages (unit integration molecule sanity lint)
+#   tools/test.sh unit lint ...   only the named stages (unit integration molecule nvsentinel sanity lint)
+#
+# The nvsentinel stage brings up a cluster of its own with NVIDIA NVSentinel (tests/nvsentinel/conftest.py).
 #
 # Every stage runs even if an earlier one failed; the exit status is non-zero if any failed.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root" || exit 1
-stages=("$@"); [ ${#stages[@]} -gt 0 ] || stages=(unit integration molecule sanity lint)
+stages=("$@"); [ ${#stages[@]} -gt 0 ] || stages=(unit integration molecule nvsentinel sanity lint)
 
 step() { printf '\n=== %s ===\n' "$*"; }
 t_start=$(date +%s)
@@ -49,9 +51,10 @@ for s in "${stages[@]}"; do
     unit)        run_stage unit python -m pytest -q tests/unit ;;
     integration) run_stage integration python -m pytest -q tests/integration ;;
     molecule)    run_stage molecule env LOCALCLUSTER_KEEP=1 molecule test -s default ;;
+    nvsentinel)  run_stage nvsentinel python -m pytest -q -s tests/nvsentinel ;;
     sanity)      run_stage sanity tools/sanity.sh ;;
     lint)        run_stage lint tools/lint.sh ;;
-    *) echo "unknown stage: $s (unit integration molecule sanity lint)"; exit 2 ;;
+    *) echo "unknown stage: $s (unit integration molecule nvsentinel sanity lint)"; exit 2 ;;
   esac
 done
 

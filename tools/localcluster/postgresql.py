@@ -109,9 +109,11 @@ def ensure_initialised(paths, state_dir):
     with open(os.path.join(paths.data, "pg_hba.conf"), "w", encoding="utf-8") as f:
         f.write(HBA)
     # The database, made in single-user mode: no connection, so no credential, is ever needed.
-    subprocess.run([os.path.join(paths.bin, "postgres"), "--single", "-D", paths.data, "postgres"],
-                   input=b"CREATE DATABASE %s;\n" % DATABASE.encode(), check=True, env=env,
-                   stdout=subprocess.DEVNULL, **_as_user(ids))
+    single = subprocess.run([os.path.join(paths.bin, "postgres"), "--single", "-D", paths.data, "postgres"],
+                            input=b"CREATE DATABASE %s;\n" % DATABASE.encode(), env=env, check=False,
+                            capture_output=True, **_as_user(ids))
+    if single.returncode or b"ERROR" in single.stderr:
+        raise RuntimeError("creating the database %s failed: %s" % (DATABASE, single.stderr.decode()[-2000:]))
 
 
 def command(paths, port):
