@@ -1,13 +1,30 @@
 """A real Kubernetes control plane on loopback, with simulated GPU nodes, for tests and demos.
 
-    localcluster.py --bin-dir DIR up [--nodes N] [--cpu-nodes M]   start (or converge) the cluster
-    localcluster.py down                                            stop everything, delete its state
+    localcluster.py --bin-dir DIR up [--nodes N] [--cpu-nodes M] [--journal]
+                                                   start (or converge) the cluster
+    localcluster.py down                           stop everything, delete its state
     localcluster.py status | env | restart-runner
 
 Processes: etcd, kube-apiserver, kube-controller-manager, kube-scheduler (built from their Go
-modules by build-binaries.sh), KWOK (simulates the kubelets of the GPU nodes) and the local pod
-runner (runs our own programs for pods that opt in). Every address any of them listens on or
-connects to is in 127.0.0.0/8, including KWOK's node and pod IPs.
+modules by build-binaries.sh), KWOK (simulates the kubelets of the GPU nodes), the local pod
+runner (runs the containers of pods that opt in: podrunner.py) and, with --journal, the node
+journal bridge (kmsg_journal.py). Every address any of them listens on or connects to is in
+127.0.0.0/8, including KWOK's node and pod IPs.
+
+Each simulated node has a host root, <state>/runner/nodes/<node>/host/, that hostPath volumes map
+to: /proc/driver/nvidia/gpus/<pci>/information for its GPUs, /etc/machine-id (stable per node name),
+/proc/sys/kernel/random/boot_id (new at each `up` that creates the cluster) and /dev/kmsg, a
+regular file that the fault agent appends kernel records to.
+
+--journal (or LOCALCLUSTER_JOURNAL=1) gives every node a real systemd journal, as journald would
+keep it from the node's /dev/kmsg: <host root>/var/log/journal/<machine-id>/system.journal, which
+`journalctl --directory=<host root>/var/log/journal _TRANSPORT=kernel` and NVSentinel's
+syslog-health-monitor (hostPath /var/log mounted at /nvsentinel/var/log) read. The switch is kept
+in cluster.json: a later `up` without it keeps the bridge running; `down` stops it.
+
+Image-mode pods (podrunner.py) are configured by the *.json files in <state>/image-maps/
+(LOCALCLUSTER_IMAGE_MAPS in `env`); they need Debian's iproute2, journals need
+systemd-journal-remote: tools/local-cluster installs both through tools/debian-packages.sh.
 
 Both `up` and `down` are idempotent: `up` on a healthy cluster only converges the node set, `up`
 on a half-started one restarts it cleanly, `down` with nothing running succeeds. Every process

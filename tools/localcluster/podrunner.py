@@ -1,28 +1,84 @@
-"""Local pod runner: a small kubelet for our own programs on KWOK-simulated nodes.
+"""Local pod runner: a small kubelet for programs on KWOK-simulated nodes.
 
-KWOK marks pods on its nodes Running and gives them a 127.x IP, but runs nothing. For pods that opt
-in with the label local-runner.gpu-resilience.io/run=true, this runner starts each container's
-`command` + `args` as a local process, with the environment, files and restart behaviour a kubelet
-would give it, and stops it when the pod goes away:
+KWOK marks pods on its nodes Running and gives them a 127.x IP, but runs nothing. This runner
+starts the containers of two kinds of pods as local processes, with the environment, files and
+restart behaviour a kubelet would give them, and stops them when the pod goes away:
 
-    podrunner.py --kubeconfig K --state-dir D --api-host 127.0.0.1 --api-port P --ca-file CA
+    podrunner.py --kubeconfig K --state-dir D --api-host 127.0.0.1 --api-port P --ca-file CA \
+                 [--image-maps DIR]
 
-There are no images: a container must name its program in `command` (e.g. python3 /app/server.py),
-and volumes are materialised as host directories under D, so every container path that a program
-sees in its argv, env or workingDir is rewritten to the matching host path. Programs reach the API
-server on 127.0.0.1:P (KUBERNETES_SERVICE_HOST/PORT), never a ClusterIP (only a number here).
+Host-mode pods (our own programs) opt in with the label local-runner.gpu-resilience.io/run=true.
+There are no images: each container must name its program in `command` (e.g. python3
+/app/server.py), and runs in the host's namespaces. Volumes are materialised as host directories
+under D, so every container path that a program sees in its argv, env or workingDir is rewritten to
+the matching host path. Programs reach the API server on 127.0.0.1:P.
+
+Image-mode pods (third-party programs such as NVIDIA NVSentinel's, deployed by their own charts)
+need no label: a pod on a simulated node runs here when one of its containers' images (init
+containers included) is in the image map. Every container of such a pod must then have a mapped
+image; one that has not fails the pod with a message naming the image (kubelet's ErrImagePull).
+The label wins: a labelled pod runs in host mode whatever its images.
+
+The image map is the merge of every *.json file in DIR (default `<cluster state>/image-maps/`,
+exported by `tools/local-cluster env` as LOCALCLUSTER_IMAGE_MAPS), so that several tools each drop
+their own file. Files are read again when they change; a pod keeps the entry it started with.
+
+    {
+      "images": {
+        "ghcr.io/nvidia/nvsentinel/syslog-health-monitor": {
+          "entrypoint": ["/root/.cache/.../syslog-health-monitor"],   the image's ENTRYPOINT
+          "cmd": [],                                    its CMD (optional, default [])
+          "env": {"NAME": "value"},                     its ENV (optional)
+          "workingDir": "/"                             its WORKDIR (optional, default /)
+        },
+        "docker.io/library/busybox": {"entrypoint": [], "cmd": ["sh"]}
+      },
+      "endpoints": ["127.0.0.1:5432"]
+    }
+
+- Keys are image repositories without tag or digest, normalised as container runtimes do
+  (`busybox` is `docker.io/library/busybox`); a pod's `image: ghcr.io/x/y:v1.2@sha256:...`
+  matches the key `ghcr.io/x/y`. Two files mapping one repository differently are an error,
+  logged, and that repository counts as unmapped until it is resolved.
+- The argv is kubelet's: `command` replaces the entrypoint (and drops cmd), `args` replaces cmd;
+  $(VAR) references in command and args are expanded, the image's entrypoint and cmd are taken
+  literally. argv[0] is looked up in the container's PATH (image env, then the container's env).
+  Programs must exist on this machine: the map names host binaries (built from source).
+- The environment: image env, then the container's env and envFrom (the container wins), plus
+  KUBERNETES_SERVICE_HOST=127.0.0.1 and KUBERNETES_SERVICE_PORT=P, HOSTNAME=<pod name>.
+- `endpoints` are TCP services on the host's loopback (PostgreSQL, ...) that image-mode pods must
+  reach: each is reachable from inside every image-mode pod at the same address and port as on the
+  host (the API server on 127.0.0.1:P always is). Endpoints apply to pods started after the change.
+
+An image-mode container runs like a container of a real node (tools/localcluster/podns.py):
+- its own mount namespace, propagation private (nothing shows in the host's mount table), where
+  every volumeMount is bind-mounted at its own mountPath (configMap, secret, projected with the
+  service-account token, downwardAPI, emptyDir, hostPath from the node's host root below), subPath
+  and readOnly honoured; the rest of the host's filesystem stays visible as it is (the mapped
+  binaries live there), except the runner's state directory, hidden, so a container never sees
+  another node's host root or another pod's volumes. The node's boot id replaces
+  /proc/sys/kernel/random/boot_id. Paths in argv and env are not rewritten.
+- the network and UTS namespaces of its pod (shared by the pod's containers, as in Kubernetes):
+  `lo` up, the pod's IP (status.podIP) on it, hostname = pod name. A sandbox process per pod holds
+  them and runs the forwarders (tools/localcluster/forwarder.py): inside, 127.0.0.1:P and each
+  endpoint relay to the host; outside, each TCP containerPort of the pod is reachable on the host
+  at <pod IP>:<port>, so two pods of one DaemonSet both listen on their fixed port. A pod with
+  hostNetwork: true gets no sandbox and uses the host's network.
+- runAsUser, capabilities and other securityContext settings are not applied (processes run as the
+  runner's user); probes are not run (KWOK reports the pods Ready).
 
 Layout of D:
     pods/index.json                            each pod's containers: pid, pgid, restarts, exit code
     pods/<ns>_<name>_<uid>/<container>.log     stdout+stderr of each container (appended)
+    pods/<ns>_<name>_<uid>/sandbox.log         the image-mode pod's sandbox (forwarders)
     pods/<ns>_<name>_<uid>/volumes/<volume>/   configMap, secret, projected, downwardAPI, emptyDir
-    pods/<ns>_<name>_<uid>/scratch/            default working directory
+    pods/<ns>_<name>_<uid>/scratch/            default working directory (host mode)
     nodes/<node>/host/<path>                   each simulated node's hostPath root
 
 The file reads top-down: pure functions (quantities, $(VAR) expansion, downward API, environment,
-volume contents, mount table and path mapping, restart backoff), then the I/O around them (files,
-API watches, processes) and the event loop that ties them together. One thread owns all state: API
-watches and process waiters only post events to its queue.
+volume contents, mount table and path mapping, image map, restart backoff), then the I/O around
+them (files, API watches, processes) and the event loop that ties them together. One thread owns
+all state: API watches and process waiters only post events to its queue.
 """
 import argparse
 import base64
