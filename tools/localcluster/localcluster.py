@@ -57,7 +57,8 @@ KWOK_FALLBACK_POD_CIDR = "127.127.0.0/16"
 KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 MANAGED_LABEL = "localcluster.gpu-resilience.io/managed"
 PROCESS_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
-                 "podrunner")
+                 "podrunner", "kmsg-journal")
+OPTIONAL = {"kmsg-journal": "journal"}     # a process that runs only when cluster.json says so
 STATE_ENV = "LOCALCLUSTER_STATE"
 
 
@@ -81,6 +82,8 @@ class Layout:
         self.logs = os.path.join(self.state, "logs")
         self.etcd_data = os.path.join(self.state, "etcd")
         self.runner_state = os.path.join(self.state, "runner")
+        self.image_maps = os.path.join(self.state, "image-maps")
+        self.journal_state = os.path.join(self.state, "journal-bridge")
         self.kubeconfig = os.path.join(self.state, "kubeconfig")
         self.info = os.path.join(self.state, "cluster.json")
         self.ports = {"apiserver": port_base + 443, "etcd": port_base + 379,
@@ -347,8 +350,18 @@ def commands(layout, bin_dir, stages_file):
         "podrunner": [
             sys.executable, os.path.join(HERE, "podrunner.py"), "--kubeconfig=" + layout.kubeconfig,
             "--state-dir=" + layout.runner_state, "--api-host=" + HOST,
-            "--api-port=%d" % p["apiserver"], "--ca-file=%s/ca.crt" % pk],
+            "--api-port=%d" % p["apiserver"], "--ca-file=%s/ca.crt" % pk,
+            "--image-maps=" + layout.image_maps],
+        "kmsg-journal": [
+            sys.executable, os.path.join(HERE, "kmsg_journal.py"),
+            "--nodes-dir=" + os.path.join(layout.runner_state, "nodes"),
+            "--state-dir=" + layout.journal_state],
     }
+
+
+def wanted(options):
+    """The processes a cluster with these options (cluster.json's) runs, in start order."""
+    return [name for name in PROCESS_ORDER if name not in OPTIONAL or options.get(OPTIONAL[name])]
 
 
 # --- nodes -------------------------------------------------------------------------------------
@@ -413,9 +426,27 @@ def node_gpus(node_name, count):
     return [(pci, minor, "GPU-" + u) for pci, minor, u in gpus]
 
 
+def machine_id(node_name):
+    """A simulated node's /etc/machine-id: 32 hex digits, stable for the node's name."""
+    return uuid.uuid5(uuid.NAMESPACE_DNS, node_name + ".machine-id").hex
+
+
 def write_node_hosts(layout, args):
-    """Give each simulated GPU node the driver's proc files in its host root (the runner's hostPath)."""
+    """Give each simulated node its identity in its host root (the runner's hostPath root):
+    /etc/machine-id, and /proc/sys/kernel/random/boot_id, written once per cluster (the node's
+    boot); GPU nodes also get the driver's proc files of their GPUs."""
     model = args.gpu_product.replace("-", " ")
+    for node in desired_nodes(args):
+        name = node["metadata"]["name"]
+        host = os.path.join(layout.runner_state, "nodes", name, "host")
+        os.makedirs(os.path.join(host, "etc"), exist_ok=True)
+        with open(os.path.join(host, "etc", "machine-id"), "w") as f:
+            f.write(machine_id(name) + "\n")
+        boot_id = os.path.join(host, "proc", "sys", "kernel", "random", "boot_id")
+        if not os.path.exists(boot_id):
+            os.makedirs(os.path.dirname(boot_id), exist_ok=True)
+            with open(boot_id, "w") as f:
+                f.write(str(uuid.uuid4()) + "\n")
     for i in range(args.nodes):
         name = "gpu-node-%d" % i
         gpus_dir = os.path.join(layout.runner_state, "nodes", name, "host", "proc", "driver", "nvidia", "gpus")
@@ -482,13 +513,38 @@ def healthy(layout):
             and http_ok(layout.server + "/readyz", _ssl_context(layout)))
 
 
-def respawn_missing(layout, bin_dir, stages_file):
-    """Restart controllers, KWOK or the runner that died, keeping the cluster's state."""
+def read_info(layout):
+    try:
+        with open(layout.info) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def write_info(layout, info):
+    tmp = layout.info + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(info, f, indent=2)
+    os.replace(tmp, layout.info)
+
+
+def respawn_missing(layout, bin_dir, stages_file, options):
+    """Restart controllers, KWOK, the runner or the journal bridge that died (or that an option
+    now asks for), keeping the cluster's state."""
     cmds = commands(layout, bin_dir, stages_file)
-    for name in PROCESS_ORDER:
+    for name in wanted(options):
         if name not in CORE and not running_pid(layout, name):
-            log("restarting %s (not running)" % name)
+            log("starting %s (not running)" % name)
             spawn(layout, name, cmds[name])
+
+
+def install_packages(journal):
+    """Debian packages of the simulated node runtime: iproute2 for image-mode pods' network
+    namespaces, systemd-journal-remote for the node journals."""
+    packages = ["iproute2"] + (["systemd-journal-remote"] if journal else [])
+    result = subprocess.run([os.path.join(ROOT, "tools", "debian-packages.sh"), *packages], check=False)
+    if result.returncode != 0:
+        raise ClusterError("could not install the Debian packages %s" % " ".join(packages))
 
 
 def cmd_up(layout, args):
@@ -497,9 +553,13 @@ def cmd_up(layout, args):
     for b in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"):
         if not os.access(os.path.join(bin_dir, b), os.X_OK):
             raise ClusterError("missing %s in %s: run tools/localcluster/build-binaries.sh" % (b, bin_dir))
+    # An option once given stays: `up` without --journal does not stop a running bridge.
+    options = {"journal": bool(args.journal or read_info(layout).get("journal"))}
+    install_packages(options["journal"])
     if healthy(layout):
         log("already running at %s" % layout.server)
-        respawn_missing(layout, bin_dir, stages_file)
+        write_info(layout, {**read_info(layout), **options})
+        respawn_missing(layout, bin_dir, stages_file, options)
     else:
         if os.path.exists(layout.state):
             log("cleaning up a partial or stopped cluster in %s" % layout.state)
@@ -509,13 +569,13 @@ def cmd_up(layout, args):
         if busy:
             raise ClusterError("ports %s on %s are in use; stop whatever holds them or set "
                                "LOCALCLUSTER_PORT_BASE" % (busy, HOST))
-        start(layout, bin_dir, stages_file)
+        start(layout, bin_dir, stages_file, options)
     write_node_hosts(layout, args)
     converge_nodes(layout, args)
     print(layout.kubeconfig)
 
 
-def start(layout, bin_dir, stages_file):
+def start(layout, bin_dir, stages_file, options):
     os.makedirs(layout.state, mode=0o700, exist_ok=True)
     service_ip = SERVICE_CIDR.split("/", maxsplit=1)[0].rsplit(".", 1)[0] + ".1"
     pki.ensure_pki(layout.pki, [HOST, service_ip],
@@ -534,7 +594,7 @@ def start(layout, bin_dir, stages_file):
         ctx = _ssl_context(layout)
         wait_for("kube-apiserver", lambda: http_ok(layout.server + "/readyz", ctx), 90, layout,
                  "kube-apiserver")
-        for name in ("kube-controller-manager", "kube-scheduler", "kwok", "podrunner"):
+        for name in (n for n in wanted(options) if n not in CORE):
             spawn(layout, name, cmds[name])
         wait_for("kube-controller-manager", lambda: http_ok(
             "https://%s:%d/healthz" % (HOST, layout.ports["controller-manager"]), _insecure()),
@@ -545,9 +605,10 @@ def start(layout, bin_dir, stages_file):
     except BaseException:
         stop_all(layout)
         raise
-    with open(layout.info, "w") as f:
-        json.dump({"server": layout.server, "kubeconfig": layout.kubeconfig, "bin_dir": bin_dir,
-                   "ports": layout.ports, "runner_state": layout.runner_state}, f, indent=2)
+    os.makedirs(layout.image_maps, exist_ok=True)
+    write_info(layout, {"server": layout.server, "kubeconfig": layout.kubeconfig, "bin_dir": bin_dir,
+                        "ports": layout.ports, "runner_state": layout.runner_state,
+                        "image_maps": layout.image_maps, **options})
     log("control plane up in %.1fs at %s" % (time.monotonic() - t0, layout.server))
 
 
@@ -572,7 +633,7 @@ def cmd_down(layout, args):
 
 
 def cmd_status(layout, args):
-    procs = {name: running_pid(layout, name) for name in PROCESS_ORDER}
+    procs = {name: running_pid(layout, name) for name in wanted(read_info(layout))}
     up = healthy(layout) and all(procs.values())
     print(json.dumps({"running": up, "server": layout.server, "kubeconfig": layout.kubeconfig,
                       "processes": procs}, indent=2))
@@ -581,8 +642,9 @@ def cmd_status(layout, args):
 
 
 def cmd_env(layout, args):
-    print("export KUBECONFIG=%s K8S_AUTH_KUBECONFIG=%s LOCALCLUSTER_DIR=%s LOCALCLUSTER_RUNNER_STATE=%s"
-          % (layout.kubeconfig, layout.kubeconfig, layout.state, layout.runner_state))
+    print("export KUBECONFIG=%s K8S_AUTH_KUBECONFIG=%s LOCALCLUSTER_DIR=%s LOCALCLUSTER_RUNNER_STATE=%s "
+          "LOCALCLUSTER_IMAGE_MAPS=%s"
+          % (layout.kubeconfig, layout.kubeconfig, layout.state, layout.runner_state, layout.image_maps))
 
 
 def cmd_restart_runner(layout, args):
@@ -612,6 +674,9 @@ def main(argv=None):
     up.add_argument("--instance-type", default="p5.48xlarge")
     up.add_argument("--gpu-product", default="NVIDIA-H100-80GB-HBM3")
     up.add_argument("--cpu-instance-type", default="m7i.4xlarge")
+    up.add_argument("--journal", action="store_true",
+                    default=os.environ.get("LOCALCLUSTER_JOURNAL", "") in ("1", "true"),
+                    help="a systemd journal per node, fed from its /dev/kmsg (kmsg_journal.py)")
     for name in ("down", "status", "env", "restart-runner"):
         sub.add_parser(name)
     args = parser.parse_args(argv)
