@@ -1,14 +1,34 @@
 """A real Kubernetes control plane on loopback, with simulated GPU nodes, for tests and demos.
 
-    localcluster.py --bin-dir DIR up [--nodes N] [--cpu-nodes M]   start (or converge) the cluster
-                                     [--nvsentinel]                 ... with NVIDIA NVSentinel (nvsentinel.py)
-    localcluster.py down                                            stop everything, delete its state
+    localcluster.py --bin-dir DIR up [--nodes N] [--cpu-nodes M] [--journal] [--nvsentinel]
+                                                   start (or converge) the cluster
+    localcluster.py down                           stop everything, delete its state
     localcluster.py status | env | restart-runner
 
 Processes: etcd, kube-apiserver, kube-controller-manager, kube-scheduler (built from their Go
-modules by build-binaries.sh), KWOK (simulates the kubelets of the GPU nodes) and the local pod
-runner (runs our own programs for pods that opt in). Every address any of them listens on or
-connects to is in 127.0.0.0/8, including KWOK's node and pod IPs.
+modules by build-binaries.sh), KWOK (simulates the kubelets of the GPU nodes), the local pod
+runner (runs the containers of pods that opt in: podrunner.py) and, with --journal, the node
+journal bridge (kmsg_journal.py). Every address any of them listens on or connects to is in
+127.0.0.0/8, including KWOK's node and pod IPs.
+
+Each simulated node has a host root, <state>/runner/nodes/<node>/host/, that hostPath volumes map
+to: /proc/driver/nvidia/gpus/<pci>/information for its GPUs, /etc/machine-id (stable per node name),
+/proc/sys/kernel/random/boot_id (new at each `up` that creates the cluster) and /dev/kmsg, a
+regular file that the fault agent appends kernel records to.
+
+--journal (or LOCALCLUSTER_JOURNAL=1) gives every node a real systemd journal, as journald would
+keep it from the node's /dev/kmsg: <host root>/var/log/journal/<machine-id>/system.journal, which
+`journalctl --directory=<host root>/var/log/journal _TRANSPORT=kernel` and NVSentinel's
+syslog-health-monitor (hostPath /var/log mounted at /nvsentinel/var/log) read. The switch is kept
+in cluster.json: a later `up` without it keeps the bridge running; `down` stops it.
+
+--nvsentinel runs NVIDIA NVSentinel on the cluster, built from source and deployed by its own
+chart (nvsentinel.py), with its PostgreSQL as one more process of the cluster (postgresql.py) and
+the node journals it reads (so it implies --journal). It is kept in cluster.json like --journal.
+
+Image-mode pods (podrunner.py) are configured by the *.json files in <state>/image-maps/
+(LOCALCLUSTER_IMAGE_MAPS in `env`); they need Debian's iproute2, journals need
+systemd-journal-remote: tools/local-cluster installs both through tools/debian-packages.sh.
 
 Both `up` and `down` are idempotent: `up` on a healthy cluster only converges the node set, `up`
 on a half-started one restarts it cleanly, `down` with nothing running succeeds. Every process
@@ -45,8 +65,12 @@ KWOK_FALLBACK_POD_CIDR = "127.127.0.0/16"
 KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 MANAGED_LABEL = "localcluster.gpu-resilience.io/managed"
 PROCESS_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
-                 "postgresql", "podrunner")
-NVSENTINEL_PROCESSES = ("postgresql",)   # only in a cluster brought up with --nvsentinel
+                 "postgresql", "podrunner", "kmsg-journal")
+# A process that runs only when cluster.json says so (the option that asked for it).
+OPTIONAL = {"kmsg-journal": "journal", "postgresql": "nvsentinel"}
+# Started by its lane's set-up (nvsentinel.up: PostgreSQL needs its data directory first), then
+# restarted like the others when it dies.
+STARTED_BY_LANE = ("postgresql",)
 STATE_ENV = "LOCALCLUSTER_STATE"
 
 
@@ -70,6 +94,8 @@ class Layout:
         self.logs = os.path.join(self.state, "logs")
         self.etcd_data = os.path.join(self.state, "etcd")
         self.runner_state = os.path.join(self.state, "runner")
+        self.image_maps = os.path.join(self.state, "image-maps")
+        self.journal_state = os.path.join(self.state, "journal-bridge")
         self.kubeconfig = os.path.join(self.state, "kubeconfig")
         self.info = os.path.join(self.state, "cluster.json")
         self.ports = {"apiserver": port_base + 443, "etcd": port_base + 379,
@@ -342,12 +368,22 @@ def commands(layout, bin_dir, stages_file):
             "--manage-nodes-with-annotation-selector=%s=%s" % KWOK_NODE_ANNOTATION,
             "--cidr=" + KWOK_FALLBACK_POD_CIDR, "--node-ip=" + HOST, "--node-port=0",
             "--node-lease-duration-seconds=40"],
-        "postgresql": postgresql.command(postgresql.Paths(layout.state), p["postgresql"]),
         "podrunner": [
             sys.executable, os.path.join(HERE, "podrunner.py"), "--kubeconfig=" + layout.kubeconfig,
             "--state-dir=" + layout.runner_state, "--api-host=" + HOST,
-            "--api-port=%d" % p["apiserver"], "--ca-file=%s/ca.crt" % pk],
+            "--api-port=%d" % p["apiserver"], "--ca-file=%s/ca.crt" % pk,
+            "--image-maps=" + layout.image_maps],
+        "postgresql": postgresql.command(postgresql.Paths(layout.state), p["postgresql"]),
+        "kmsg-journal": [
+            sys.executable, os.path.join(HERE, "kmsg_journal.py"),
+            "--nodes-dir=" + os.path.join(layout.runner_state, "nodes"),
+            "--state-dir=" + layout.journal_state],
     }
+
+
+def wanted(options):
+    """The processes a cluster with these options (cluster.json's) runs, in start order."""
+    return [name for name in PROCESS_ORDER if name not in OPTIONAL or options.get(OPTIONAL[name])]
 
 
 # --- nodes -------------------------------------------------------------------------------------
@@ -422,9 +458,27 @@ def gpu_node_names(count):
     return ["gpu-node-%d" % i for i in range(count)]
 
 
+def machine_id(node_name):
+    """A simulated node's /etc/machine-id: 32 hex digits, stable for the node's name."""
+    return uuid.uuid5(uuid.NAMESPACE_DNS, node_name + ".machine-id").hex
+
+
 def write_node_hosts(layout, args):
-    """Give each simulated GPU node the driver's proc files in its host root (the runner's hostPath)."""
+    """Give each simulated node its identity in its host root (the runner's hostPath root):
+    /etc/machine-id, and /proc/sys/kernel/random/boot_id, written once per cluster (the node's
+    boot); GPU nodes also get the driver's proc files of their GPUs."""
     model = gpu_model(args.gpu_product)
+    for node in desired_nodes(args):
+        name = node["metadata"]["name"]
+        host = os.path.join(layout.runner_state, "nodes", name, "host")
+        os.makedirs(os.path.join(host, "etc"), exist_ok=True)
+        with open(os.path.join(host, "etc", "machine-id"), "w") as f:
+            f.write(machine_id(name) + "\n")
+        boot_id = os.path.join(host, "proc", "sys", "kernel", "random", "boot_id")
+        if not os.path.exists(boot_id):
+            os.makedirs(os.path.dirname(boot_id), exist_ok=True)
+            with open(boot_id, "w") as f:
+                f.write(str(uuid.uuid4()) + "\n")
     for name in gpu_node_names(args.nodes):
         gpus_dir = os.path.join(layout.runner_state, "nodes", name, "host", "proc", "driver", "nvidia", "gpus")
         os.makedirs(gpus_dir, exist_ok=True)
@@ -483,7 +537,13 @@ def converge_nodes(layout, args):
 CORE = ("etcd", "kube-apiserver")
 
 
-def cluster_info(layout):
+def healthy(layout):
+    """The store and API server are up: the cluster's state is intact and can be converged."""
+    return (os.path.exists(layout.info) and all(running_pid(layout, name) for name in CORE)
+            and http_ok(layout.server + "/readyz", _ssl_context(layout)))
+
+
+def read_info(layout):
     try:
         with open(layout.info) as f:
             return json.load(f)
@@ -491,37 +551,40 @@ def cluster_info(layout):
         return {}
 
 
-def update_info(layout, **fields):
-    info = cluster_info(layout)
-    info.update(fields)
-    with open(layout.info + ".tmp", "w") as f:
+def write_info(layout, info):
+    tmp = layout.info + ".tmp"
+    with open(tmp, "w") as f:
         json.dump(info, f, indent=2)
-    os.replace(layout.info + ".tmp", layout.info)
+    os.replace(tmp, layout.info)
 
 
-def processes(layout):
-    """The processes this cluster runs, in start order."""
-    nvsentinel = cluster_info(layout).get("nvsentinel", False)
-    return [name for name in PROCESS_ORDER if nvsentinel or name not in NVSENTINEL_PROCESSES]
+def respawn_missing(layout, bin_dir, stages_file, options):
+    """Restart controllers, KWOK, the runner or the journal bridge that died (or that an option
+    now asks for), keeping the cluster's state."""
+    cmds = commands(layout, bin_dir, stages_file)
+    for name in wanted(options):
+        if name not in CORE and not running_pid(layout, name) and not (
+                name in STARTED_BY_LANE and not lane_ready(layout, name)):
+            log("starting %s (not running)" % name)
+            spawn(layout, name, cmds[name], **spawn_options(name))
+
+
+def lane_ready(layout, name):
+    """A process its lane starts has what it needs to be restarted on its own."""
+    return name != "postgresql" or postgresql.initialised(postgresql.Paths(layout.state))
 
 
 def spawn_options(name):
     return postgresql.spawn_options() if name == "postgresql" else {}
 
 
-def healthy(layout):
-    """The store and API server are up: the cluster's state is intact and can be converged."""
-    return (os.path.exists(layout.info) and all(running_pid(layout, name) for name in CORE)
-            and http_ok(layout.server + "/readyz", _ssl_context(layout)))
-
-
-def respawn_missing(layout, bin_dir, stages_file):
-    """Restart controllers, KWOK or the runner that died, keeping the cluster's state."""
-    cmds = commands(layout, bin_dir, stages_file)
-    for name in processes(layout):
-        if name not in CORE and not running_pid(layout, name):
-            log("restarting %s (not running)" % name)
-            spawn(layout, name, cmds[name], **spawn_options(name))
+def install_packages(journal):
+    """Debian packages of the simulated node runtime: iproute2 for image-mode pods' network
+    namespaces, systemd-journal-remote for the node journals."""
+    packages = ["iproute2"] + (["systemd-journal-remote"] if journal else [])
+    result = subprocess.run([os.path.join(ROOT, "tools", "debian-packages.sh"), *packages], check=False)
+    if result.returncode != 0:
+        raise ClusterError("could not install the Debian packages %s" % " ".join(packages))
 
 
 def cmd_up(layout, args):
@@ -530,9 +593,16 @@ def cmd_up(layout, args):
     for b in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"):
         if not os.access(os.path.join(bin_dir, b), os.X_OK):
             raise ClusterError("missing %s in %s: run tools/localcluster/build-binaries.sh" % (b, bin_dir))
+    # An option once given stays: `up` without --journal does not stop a running bridge. NVSentinel
+    # reads the node journals, so --nvsentinel brings them.
+    info = read_info(layout)
+    options = {"journal": bool(args.journal or args.nvsentinel or info.get("journal")),
+               "nvsentinel": bool(args.nvsentinel or info.get("nvsentinel"))}
+    install_packages(options["journal"])
     if healthy(layout):
         log("already running at %s" % layout.server)
-        respawn_missing(layout, bin_dir, stages_file)
+        write_info(layout, {**read_info(layout), **options})
+        respawn_missing(layout, bin_dir, stages_file, options)
     else:
         if os.path.exists(layout.state):
             log("cleaning up a partial or stopped cluster in %s" % layout.state)
@@ -542,7 +612,7 @@ def cmd_up(layout, args):
         if busy:
             raise ClusterError("ports %s on %s are in use; stop whatever holds them or set "
                                "LOCALCLUSTER_PORT_BASE" % (busy, HOST))
-        start(layout, bin_dir, stages_file)
+        start(layout, bin_dir, stages_file, options)
     write_node_hosts(layout, args)
     converge_nodes(layout, args)
     if args.nvsentinel:
@@ -551,7 +621,7 @@ def cmd_up(layout, args):
     print(layout.kubeconfig)
 
 
-def start(layout, bin_dir, stages_file):
+def start(layout, bin_dir, stages_file, options):
     os.makedirs(layout.state, mode=0o700, exist_ok=True)
     service_ip = SERVICE_CIDR.split("/", maxsplit=1)[0].rsplit(".", 1)[0] + ".1"
     pki.ensure_pki(layout.pki, [HOST, service_ip],
@@ -570,7 +640,7 @@ def start(layout, bin_dir, stages_file):
         ctx = _ssl_context(layout)
         wait_for("kube-apiserver", lambda: http_ok(layout.server + "/readyz", ctx), 90, layout,
                  "kube-apiserver")
-        for name in ("kube-controller-manager", "kube-scheduler", "kwok", "podrunner"):
+        for name in (n for n in wanted(options) if n not in CORE and n not in STARTED_BY_LANE):
             spawn(layout, name, cmds[name])
         wait_for("kube-controller-manager", lambda: http_ok(
             "https://%s:%d/healthz" % (HOST, layout.ports["controller-manager"]), _insecure()),
@@ -581,9 +651,10 @@ def start(layout, bin_dir, stages_file):
     except BaseException:
         stop_all(layout)
         raise
-    with open(layout.info, "w") as f:
-        json.dump({"server": layout.server, "kubeconfig": layout.kubeconfig, "bin_dir": bin_dir,
-                   "ports": layout.ports, "runner_state": layout.runner_state}, f, indent=2)
+    os.makedirs(layout.image_maps, exist_ok=True)
+    write_info(layout, {"server": layout.server, "kubeconfig": layout.kubeconfig, "bin_dir": bin_dir,
+                        "ports": layout.ports, "runner_state": layout.runner_state,
+                        "image_maps": layout.image_maps, **options})
     log("control plane up in %.1fs at %s" % (time.monotonic() - t0, layout.server))
 
 
@@ -608,7 +679,7 @@ def cmd_down(layout, args):
 
 
 def cmd_status(layout, args):
-    procs = {name: running_pid(layout, name) for name in processes(layout)}
+    procs = {name: running_pid(layout, name) for name in wanted(read_info(layout))}
     up = healthy(layout) and all(procs.values())
     print(json.dumps({"running": up, "server": layout.server, "kubeconfig": layout.kubeconfig,
                       "processes": procs}, indent=2))
@@ -617,8 +688,9 @@ def cmd_status(layout, args):
 
 
 def cmd_env(layout, args):
-    print("export KUBECONFIG=%s K8S_AUTH_KUBECONFIG=%s LOCALCLUSTER_DIR=%s LOCALCLUSTER_RUNNER_STATE=%s"
-          % (layout.kubeconfig, layout.kubeconfig, layout.state, layout.runner_state))
+    print("export KUBECONFIG=%s K8S_AUTH_KUBECONFIG=%s LOCALCLUSTER_DIR=%s LOCALCLUSTER_RUNNER_STATE=%s "
+          "LOCALCLUSTER_IMAGE_MAPS=%s"
+          % (layout.kubeconfig, layout.kubeconfig, layout.state, layout.runner_state, layout.image_maps))
 
 
 def cmd_restart_runner(layout, args):
@@ -648,8 +720,12 @@ def main(argv=None):
     up.add_argument("--instance-type", default="p5.48xlarge")
     up.add_argument("--gpu-product", default="NVIDIA-H100-80GB-HBM3")
     up.add_argument("--cpu-instance-type", default="m7i.4xlarge")
+    up.add_argument("--journal", action="store_true",
+                    default=os.environ.get("LOCALCLUSTER_JOURNAL", "") in ("1", "true"),
+                    help="a systemd journal per node, fed from its /dev/kmsg (kmsg_journal.py)")
     up.add_argument("--nvsentinel", action="store_true",
-                    help="also run NVIDIA NVSentinel, built from source and deployed by its chart")
+                    help="also run NVIDIA NVSentinel, built from source and deployed by its chart "
+                         "(nvsentinel.py); implies --journal")
     up.add_argument("--nvsentinel-bin-dir", default=os.environ.get("LOCALCLUSTER_NVSENTINEL_BIN_DIR"),
                     help="NVSentinel's binaries (the output of build-nvsentinel.sh)")
     up.add_argument("--helm", default=os.environ.get("LOCALCLUSTER_HELM"),

@@ -295,7 +295,6 @@ def up(layout, args):
     problems = nvsentinel_source.verify(src, pins["NVSENTINEL_COMMIT"], pins["NVSENTINEL_SOURCE_DIGEST"])
     if problems:
         raise localcluster.ClusterError("; ".join(problems))
-    localcluster.update_info(layout, nvsentinel=True)
     paths, port = postgresql.Paths(layout.state), layout.ports["postgresql"]
     postgresql.install()
     postgresql.ensure_initialised(paths, layout.state)

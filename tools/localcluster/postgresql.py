@@ -79,7 +79,7 @@ def _as_user(ids):
 def ensure_initialised(paths, state_dir):
     """Create the certificates, the data directory and the empty database, if missing."""
     pki.ensure_server_pki(paths.pki, "nvsentinel-postgresql-ca", HOST, [HOST], [USER])
-    if os.path.exists(os.path.join(paths.data, "PG_VERSION")):
+    if initialised(paths):
         return
     ids = server_user()
     if ids:
@@ -114,6 +114,10 @@ def ensure_initialised(paths, state_dir):
                             capture_output=True, **_as_user(ids))
     if single.returncode or b"ERROR" in single.stderr:
         raise RuntimeError("creating the database %s failed: %s" % (DATABASE, single.stderr.decode()[-2000:]))
+
+
+def initialised(paths):
+    return os.path.exists(os.path.join(paths.data, "PG_VERSION"))
 
 
 def command(paths, port):

@@ -167,12 +167,11 @@ def test_postgresql_listens_on_loopback_only_and_takes_certificates_only(tmp_pat
     assert postgresql.settings()["ssl"] == "on"
 
 
-def test_postgresql_runs_only_in_an_nvsentinel_cluster(tmp_path):
-    layout = lc.Layout(str(tmp_path / "state"), 26000)
-    os.makedirs(layout.state)
-    assert "postgresql" not in lc.processes(layout)
-    lc.update_info(layout, nvsentinel=True)
-    assert lc.processes(layout)[-2:] == ["postgresql", "podrunner"]  # stopped right after the runner
+def test_postgresql_runs_only_in_an_nvsentinel_cluster():
+    assert "postgresql" not in lc.wanted({"journal": True})
+    wanted = lc.wanted({"nvsentinel": True})
+    # Stopped (in reverse order) right after the runner that runs NVSentinel's pods.
+    assert wanted[wanted.index("postgresql") + 1] == "podrunner"
 
 
 # --- waiting until the pods run ----------------------------------------------------------------------

@@ -534,7 +534,7 @@ class FakeApi:
 
 def test_tokens_are_bound_to_the_pod_cached_and_renewed_at_80_percent_of_their_life():
     api = FakeApi()
-    args = type("Args", (), {"state_dir": "/s", "api_port": 26443})()
+    args = type("Args", (), {"state_dir": "/s", "api_port": 26443, "image_maps": None})()
     runner = pr.Runner(args, api)                  # informers are made, not started
     pod = pr.new_pod(make_pod(), "/s/pods")
     assert runner._token(pod, None, 3600) == "token-1"
