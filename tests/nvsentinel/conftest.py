@@ -1,6 +1,6 @@
 """The NVSentinel lane's tests run against a local control plane of their own, brought up with
 `tools/local-cluster up --nvsentinel` (NVIDIA NVSentinel built from source, deployed by its chart)
-and the API server's audit log on, in build/localcluster-nvsentinel, on ports 1000 above the main
+and the API server's audit log on, in build/localcluster-nvsentinel, on ports 500 above the main
 test cluster's. NVSentinel reacts to every XID on its cluster, so it gets no cluster that other
 tests inject into. `tools/test.sh nvsentinel` (part of `make test`) runs them; they fail, never
 skip, when the cluster cannot be brought up.
@@ -17,7 +17,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STATE = os.path.join(ROOT, "build", "localcluster-nvsentinel")
-PORT_BASE = int(os.environ.get("LOCALCLUSTER_PORT_BASE", "26000")) + 1000
+PORT_BASE = int(os.environ.get("LOCALCLUSTER_PORT_BASE", "26000")) + 500
 POD_NET = int(os.environ.get("LOCALCLUSTER_POD_NET", "128")) + 8
 NODES = 3
 CLUSTER_ENV = {"LOCALCLUSTER_DIR": STATE, "LOCALCLUSTER_PORT_BASE": str(PORT_BASE),

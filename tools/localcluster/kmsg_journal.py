@@ -28,8 +28,14 @@ number, journald's kernel-seqnum): a restarted bridge goes on where it stopped a
 record twice. As journald does, the sequence number is saved before the entry is written, so a
 bridge killed in between loses that batch rather than duplicating it.
 
+A node's journal exists from its "boot", as on a real node: the bridge starts it with the kernel's
+first record, its banner (init/main.c prints linux_banner with KERN_NOTICE; the text is the host's
+/proc/version, the kernel the simulated nodes run on), and journald's own "Journal started". A
+reader that opens a journal seeks to its last kernel record and reads what follows; without a
+kernel record there (a journal made by the first fault), it would miss the first fault.
+
 Not simulated: udev's device fields (_UDEV_*: the simulated devices have no udev database), the
-kernel's rate limit on /dev/kmsg writes, and journald's own messages ("Missed N kernel messages").
+kernel's rate limit on /dev/kmsg writes, and journald's other messages ("Missed N kernel messages").
 The pure functions come first, in pipeline order; the follower and the CLI after them.
 """
 import argparse
@@ -248,6 +254,17 @@ def node_fields(boot_id, machine_id, hostname):
             ("_HOSTNAME", hostname.encode()), ("_RUNTIME_SCOPE", b"system")]
 
 
+SD_MESSAGE_JOURNAL_START = b"f77379a8490b408bbe5f6940505a777b"   # sd-messages.h
+KERN_NOTICE = 5
+
+
+def journal_started():
+    """journald's message when it starts a journal (journald-server.c: server_driver_message()
+    with SD_MESSAGE_JOURNAL_START, "Journal started"): a driver message of systemd-journald."""
+    return [("SYSLOG_FACILITY", b"3"), ("SYSLOG_IDENTIFIER", b"systemd-journald"), ("_TRANSPORT", b"driver"),
+            ("PRIORITY", b"6"), ("MESSAGE_ID", SD_MESSAGE_JOURNAL_START), ("MESSAGE", b"Journal started")]
+
+
 # --- 3. journal export format (systemd's JOURNAL_EXPORT_FORMATS) --------------------------------
 
 def export_entry(fields, realtime_usec, monotonic_usec):
@@ -388,6 +405,16 @@ class Node:
             return False
         return st.st_ino != self.state["inode"] or st.st_size != self.state["offset"]
 
+    def boot_entries(self, banner):
+        """The entries a node's journal starts with: the kernel's banner (the record the kernel
+        numbers first) and journald's "Journal started", both at the node's boot."""
+        machine_id, boot_id, booted = self.identity
+        seq = self.state["nextSeq"]
+        self.state["nextSeq"] = seq + 1
+        _seq, kernel = dev_kmsg_record(kmsg_read_format(LOG_KERN, KERN_NOTICE, seq, 0, banner))
+        ids = node_fields(boot_id, machine_id, self.name)
+        return [export_entry(kernel + ids, booted, 0), export_entry(journal_started() + ids, booted, 0)]
+
     def entries(self, writes, now_usec):
         """Export-format entries of the writes, numbered from the node's next sequence number."""
         machine_id, boot_id, booted = self.identity
@@ -419,7 +446,8 @@ class Bridge:
         self.stop = False
 
     def discover(self):
-        """Nodes whose host root exists; each gets a watch on its /dev."""
+        """Nodes whose host root exists; each gets a watch on its /dev. Returns the new ones."""
+        new = set()
         with contextlib.suppress(FileNotFoundError):
             for name in sorted(os.listdir(self.nodes_dir)):
                 host = os.path.join(self.nodes_dir, name, "host")
@@ -428,15 +456,21 @@ class Bridge:
                     node = Node(name, host, os.path.join(self.state_dir, name + ".json"))
                     self.inotify.watch(os.path.join(host, "dev"))
                     self.nodes[name] = node
+                    new.add(name)
                     log("node.follow", node=name, kmsg=node.kmsg, offset=node.state["offset"])
+        return new
 
     def flush(self, node):
-        """Everything new in the node's file into its journal. False if it must be retried (the
-        node's identity files are not written yet)."""
-        if not node.has_new():
-            return True
+        """Everything new in the node's file into its journal (started first if the node has none).
+        False if it must be retried (the node's identity files are not written yet)."""
         if node.load_identity() is None:
             return False
+        if not os.path.exists(node.journal):
+            entries = node.boot_entries(kernel_banner())
+            write_json(node.state_path, node.state)
+            self.write(node, b"".join(entries), len(entries))
+        if not node.has_new():
+            return True
         while not self.stop:
             writes = node.read_new()
             if not writes:
@@ -476,12 +510,17 @@ class Bridge:
                     os.read(wake_r, 512)
             changed = self.inotify.read() if self.inotify.fd in ready else set()
             if self.nodes_dir in changed:
-                self.discover()
+                pending |= self.discover()   # a new node's journal starts at once
             pending |= {n for n, node in self.nodes.items() if os.path.dirname(node.kmsg) in changed}
         log("bridge.stopped")
 
     def _request_stop(self, *_):
         self.stop = True
+
+
+def kernel_banner():
+    with open("/proc/version", "rb") as f:
+        return f.read().rstrip(b"\n")
 
 
 def find_journal_remote():

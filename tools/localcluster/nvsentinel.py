@@ -204,7 +204,9 @@ def _wait_established(dyn, resource, name, timeout=30):
 # --- waiting until it runs ----------------------------------------------------------------------
 
 DRIVER_LABEL = "nvsentinel.dgxc.nvidia.com/driver.installed"   # labeler's; syslog-health-monitor selects on it
-SOCKET = "var/run/nvsentinel/nvsentinel.sock"                   # platform-connectors', under a node's host root
+# Under a node's host root; the chart mounts the host's /var/run/nvsentinel at the pods' /var/run.
+SOCKET = "var/run/nvsentinel/nvsentinel.sock"                   # platform-connectors' socket
+MONITOR_STATE = "var/run/nvsentinel/syslog_monitor/state.json"  # syslog-health-monitor's default --state-file
 
 
 def workload_of(pod):
@@ -225,11 +227,20 @@ def runs(entry, alive):
         for c in conts.values())
 
 
-def missing(docs, pods, index, nodes, alive, socket_exists):
+def monitor_checks(spec):
+    """The checks a syslog-health-monitor container runs (its --checks argument)."""
+    args = spec["containers"][0].get("args") or []
+    return set(args[args.index("--checks") + 1].split(",")) if "--checks" in args else set()
+
+
+def missing(docs, pods, index, nodes, alive, socket_exists, cursors):
     """What is not running yet, in words (empty when NVSentinel runs everywhere it should).
 
     pods: the namespace's pods (dicts); index: the runner's pods by uid; nodes: {name: labels};
     a DaemonSet should run on every node its nodeSelector matches, a Deployment its replicas.
+    cursors(node): the checks whose journal position syslog-health-monitor has saved on the node:
+    it has read the node's journal once, so it sees every record written from now on (its first
+    read starts at the journal's end).
     """
     gaps = []
     by_workload = {}
@@ -247,19 +258,30 @@ def missing(docs, pods, index, nodes, alive, socket_exists):
                 gaps.append("%s not running on %s" % (name, ", ".join(sorted(want - have))))
             if name == "platform-connectors":
                 gaps += ["no platform-connectors socket on %s" % n for n in sorted(want) if not socket_exists(n)]
+            if name.startswith("syslog-health-monitor"):
+                gaps += ["%s has not read the journal of %s yet" % (name, n) for n in sorted(want & have)
+                         if not monitor_checks(spec) <= cursors(n)]
         elif len(running) < obj["spec"].get("replicas", 1):
             gaps.append("%s: %d of %d pod(s) running" % (name, len(running), obj["spec"].get("replicas", 1)))
     return gaps
 
 
 def wait_running(api_client, layout, docs, gpu_nodes, timeout=180):
-    """Until labeler has labelled the GPU nodes and every NVSentinel pod runs in the pod runner."""
+    """Until labeler has labelled the GPU nodes, every NVSentinel pod runs in the pod runner and
+    every syslog-health-monitor has read its node's journal (it polls every 15 s)."""
     from kubernetes import client
     core = client.CoreV1Api(api_client)
     index_path = os.path.join(layout.runner_state, "pods", "index.json")
 
     def socket_exists(node):
         return os.path.exists(os.path.join(layout.runner_state, "nodes", node, "host", SOCKET))
+
+    def cursors(node):
+        try:
+            with open(os.path.join(layout.runner_state, "nodes", node, "host", MONITOR_STATE), encoding="utf-8") as f:
+                return set(json.load(f).get("check_last_cursors") or {})
+        except (OSError, ValueError):
+            return set()
 
     deadline, gaps = time.monotonic() + timeout, ["nothing checked yet"]
     while time.monotonic() < deadline:
@@ -272,7 +294,7 @@ def wait_running(api_client, layout, docs, gpu_nodes, timeout=180):
         except (OSError, ValueError):
             index = {}
         gaps = (["labeler has not labelled %s" % ", ".join(unlabelled)] if unlabelled else []) + \
-            missing(docs, pods, index, nodes, localcluster.process_alive, socket_exists)
+            missing(docs, pods, index, nodes, localcluster.process_alive, socket_exists, cursors)
         if not gaps:
             return
         time.sleep(0.5)

@@ -190,3 +190,20 @@ def test_id128(text, value):
 def test_id128_refuses(text):
     with pytest.raises(ValueError):
         kj.id128(text)
+
+
+def test_a_journal_starts_with_journalds_own_message():
+    fields = dict(kj.journal_started())
+    assert fields["_TRANSPORT"] == b"driver" and fields["MESSAGE"] == b"Journal started"
+    assert fields["SYSLOG_IDENTIFIER"] == b"systemd-journald" and len(fields["MESSAGE_ID"]) == 32
+
+
+def test_a_node_journal_starts_with_the_kernel_banner_then_journald(tmp_path):
+    node = kj.Node("gpu-node-0", str(tmp_path), str(tmp_path / "state.json"))
+    node.identity = ("a" * 32, "b" * 32, 1_000_000)
+    kernel, started = node.boot_entries(b"Linux version 6.1.0 (gcc) #1 SMP")
+    assert b"_TRANSPORT=kernel\n" in kernel and b"SYSLOG_IDENTIFIER=kernel\n" in kernel
+    assert b"PRIORITY=5\n" in kernel and b"MESSAGE=Linux version 6.1.0 (gcc) #1 SMP\n" in kernel
+    assert kernel.startswith(b"__REALTIME_TIMESTAMP=1000000\n__MONOTONIC_TIMESTAMP=0\n")
+    assert b"_TRANSPORT=driver\n" in started and b"_BOOT_ID=" + b"b" * 32 in started
+    assert node.state["nextSeq"] == 1   # the agent's first write is the kernel's second record

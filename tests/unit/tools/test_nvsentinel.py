@@ -188,7 +188,7 @@ def _running(*roles):
 
 def test_missing_names_every_pod_that_does_not_run_yet():
     docs = [
-        _workload("DaemonSet", "syslog-health-monitor-regular", [{}],
+        _workload("DaemonSet", "syslog-health-monitor-regular", [{"args": ["--checks", "A,B"]}],
                   node_selector={"nvsentinel.dgxc.nvidia.com/driver.installed": "true"}),
         _workload("DaemonSet", "platform-connectors", [{}]),
         _workload("Deployment", "fault-quarantine", [{}], replicas=1),
@@ -200,8 +200,8 @@ def test_missing_names_every_pod_that_does_not_run_yet():
             _pod("d", "gpu-node-0", "ReplicaSet", "fault-quarantine-5d8f7c")]
     index = {"a": _running("main"), "b": _running("init", "main"), "c": _running("main"), "d": _running("init", "main")}
 
-    def gaps(index, alive=lambda pid: True, socket=lambda node: True):
-        return nvsentinel.missing(docs, pods, index, nodes, alive, socket)
+    def gaps(index, alive=lambda pid: True, socket=lambda node: True, cursors=lambda node: {"A", "B"}):
+        return nvsentinel.missing(docs, pods, index, nodes, alive, socket, cursors)
 
     assert gaps(index) == []
     assert gaps(dict(index, d={"containers": {}})) == ["fault-quarantine: 0 of 1 pod(s) running"]
@@ -210,3 +210,5 @@ def test_missing_names_every_pod_that_does_not_run_yet():
     failed_init = dict(index, b={"containers": {"i": {"role": "init", "done": True, "exitCode": 1}}})
     assert gaps(failed_init) == ["platform-connectors not running on gpu-node-0"]
     assert gaps(index, socket=lambda node: node != "cpu-node-0") == ["no platform-connectors socket on cpu-node-0"]
+    assert gaps(index, cursors=lambda node: {"A"}) == [
+        "syslog-health-monitor-regular has not read the journal of gpu-node-0 yet"]
