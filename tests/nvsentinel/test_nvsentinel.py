@@ -26,15 +26,16 @@ NS = nvsentinel.NAMESPACE
 SA = "system:serviceaccount:%s:" % NS
 CHECK = "SysLogsXIDError"
 REBOOT = ("janitor.dgxc.nvidia.com", "v1alpha1", "rebootnodes")
+REMEDIATION_ANNOTATION = "latestFaultRemediationState"   # fault-remediation's, on the node
+STATE_LABEL = "dgxc.nvidia.com/nvsentinel-state"
 # syslog-health-monitor polls the journal every 15 s (fixed in the chart): detection takes up to that.
 DETECT_TIMEOUT = 60
 
 
 @pytest.fixture(scope="module")
 def agent(nvsentinel_cluster):
+    """The fault agent on every GPU node; it goes with the cluster (its removal is tested elsewhere)."""
     run_playbook("deploy_agent.yml", {"fault_injector_agent_pod_labels": {RUN_LABEL: "true"}})
-    yield
-    run_playbook("remove_agent.yml")
 
 
 def audit_records(since):
@@ -52,7 +53,7 @@ def writes_to_node(records, node):
     """(user, verb, subresource) of every change of the node, in order."""
     return [(r["user"]["username"], r["verb"], r["objectRef"].get("subresource", ""))
             for r in records
-            if r["objectRef"].get("resource") == "nodes" and r["objectRef"].get("name") == node
+            if r.get("objectRef", {}).get("resource") == "nodes" and r["objectRef"].get("name") == node
             and r["verb"] in ("update", "patch") and r.get("responseStatus", {}).get("code", 200) < 300]
 
 
@@ -100,6 +101,15 @@ def restore(api_client, core, custom):
                                      "labels": raw["metadata"].get("labels") or {},
                                      "annotations": raw["metadata"].get("annotations") or {}}})
         assert not result.get("failed"), result
+        # fault-remediation's record of its last remediation is outside node_marks_restore's scope
+        # (plugins/module_utils/node_marks.py): put it back here, and only it.
+        now = core.read_node(name).metadata.annotations or {}
+        left = {k for k in set(now) | set(raw["metadata"].get("annotations") or {})
+                if now.get(k) != (raw["metadata"].get("annotations") or {}).get(k)}
+        assert left <= {REMEDIATION_ANNOTATION}, left
+        if left:
+            core.patch_node(name, {"metadata": {"annotations": {
+                k: (raw["metadata"].get("annotations") or {}).get(k) for k in left}}})
         # The conditions as they were (NVSentinel's own "No Health Failures" ones included); any new one goes.
         kept = {c["type"]: c for c in raw["status"].get("conditions") or []}
         now = api_client.sanitize_for_serialization(core.read_node(name))["status"].get("conditions") or []
@@ -182,6 +192,12 @@ def test_xid79_sets_the_condition_and_fault_quarantine_cordons(agent, core, cust
     reboot = wait_until(lambda: [o for o in custom.list_cluster_custom_object(*REBOOT)["items"]
                                  if o["spec"]["nodeName"] == node], 60, "a RebootNode for " + node)
     assert reboot[0]["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "nvsentinel"
+    # NVSentinel's last word on the node (and nothing races the restore afterwards): no janitor
+    # here to report the reboot done, so fault-remediation's creating it is the success.
+    done = wait_until(lambda: (lambda n: n if (n.metadata.labels or {}).get(STATE_LABEL) == "remediation-succeeded"
+                                         and REMEDIATION_ANNOTATION in (n.metadata.annotations or {}) else None)(
+        core.read_node(node)), 30, "fault-remediation's state on " + node)
+    assert reboot[0]["metadata"]["name"] in done.metadata.annotations[REMEDIATION_ANNOTATION]
 
     # Who wrote: the condition by platform-connectors, the cordon by fault-quarantine, the reboot
     # by fault-remediation, each with the ServiceAccount the chart gave it.
@@ -191,7 +207,7 @@ def test_xid79_sets_the_condition_and_fault_quarantine_cordons(agent, core, cust
         (SA + "platform-connectors", "update", "status") in writes, writes
     assert any(user == SA + "fault-quarantine" and sub == "" for user, _verb, sub in writes), writes
     created = [r["user"]["username"] for r in records
-               if r["objectRef"].get("resource") == "rebootnodes" and r["verb"] == "create"]
+               if r.get("objectRef", {}).get("resource") == "rebootnodes" and r["verb"] == "create"]
     assert created == [SA + "fault-remediation"]
 
 
@@ -209,5 +225,5 @@ def test_a_non_fatal_xid_makes_an_event_and_no_condition(agent, core, restore):
     now = core.read_node(node)
     assert condition(now).status == "False" and marks(now) == marks(before)
     users = {r["user"]["username"] for r in audit_records(mark)
-             if r["objectRef"].get("resource") == "events" and r["verb"] == "create"}
+             if r.get("objectRef", {}).get("resource") == "events" and r["verb"] == "create"}
     assert SA + "platform-connectors" in users
