@@ -10,11 +10,12 @@ remediation object), so later tests and runs see a clean cluster.
 import json
 import os
 import sys
-import time
 
 import pytest
 
 from support import RUN_LABEL, ansible_module, localcluster, run_playbook, wait_until
+# Run here as well, on this cluster: PostgreSQL and the pod sandboxes' relays are on loopback too.
+from test_control_plane import test_every_socket_of_the_cluster_is_on_loopback  # noqa: F401 pylint: disable=unused-import
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "plugins", "module_utils"))
@@ -30,6 +31,8 @@ REMEDIATION_ANNOTATION = "latestFaultRemediationState"   # fault-remediation's, 
 STATE_LABEL = "dgxc.nvidia.com/nvsentinel-state"
 # syslog-health-monitor polls the journal every 15 s (fixed in the chart): detection takes up to that.
 DETECT_TIMEOUT = 60
+
+pytestmark = pytest.mark.usefixtures("nvsentinel_cluster")
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +71,10 @@ def marks(node_obj):
             "labels": node_obj.metadata.labels or {}, "annotations": node_obj.metadata.annotations or {},
             "conditions": sorted((c.type, c.status, c.message) for c in node_obj.status.conditions or []
                                  if c.type != "Ready")}
+
+
+def _stated(cond):
+    return cond and (cond["status"], cond.get("reason"), cond.get("message"))
 
 
 def node_events(core, node):
@@ -110,11 +117,12 @@ def restore(api_client, core, custom):
         if left:
             core.patch_node(name, {"metadata": {"annotations": {
                 k: (raw["metadata"].get("annotations") or {}).get(k) for k in left}}})
-        # The conditions as they were (NVSentinel's own "No Health Failures" ones included); any new one goes.
+        # The conditions as they were (NVSentinel's own "No Health Failures" ones included), any new
+        # one gone; a condition that only had its heartbeat renewed (KWOK's Ready) is left alone.
         kept = {c["type"]: c for c in raw["status"].get("conditions") or []}
         now = api_client.sanitize_for_serialization(core.read_node(name))["status"].get("conditions") or []
         changed = [kept[c["type"]] if c["type"] in kept else {"type": c["type"], "$patch": "delete"}
-                   for c in now if kept.get(c["type"]) != c]
+                   for c in now if _stated(kept.get(c["type"])) != _stated(c)]
         if changed:
             core.patch_node_status(name, {"status": {"conditions": changed}})
         wait_until(lambda: marks(core.read_node(name)) == marks(before), 30, "%s as before the test" % name)
@@ -169,8 +177,11 @@ def test_xid79_sets_the_condition_and_fault_quarantine_cordons(agent, core, cust
     gpu = fault["gpus"][0]
 
     # platform-connectors: the condition, with what NVSentinel read from the journal.
-    cond = wait_until(lambda: (lambda c: c if c.status == "True" else None)(condition(core.read_node(node))),
-                      DETECT_TIMEOUT, "condition %s=True on %s" % (CHECK, node))
+    def failing():
+        cond = condition(core.read_node(node))
+        return cond if cond.status == "True" else None
+
+    cond = wait_until(failing, DETECT_TIMEOUT, "condition %s=True on %s" % (CHECK, node))
     action = xid_catalog.nvsentinel_action(79)
     for part in ("ErrorCode:79", gpu["pci"][:-2], gpu["uuid"], "Recommended Action=" + action):
         assert part in cond.message, (part, cond.message)
@@ -194,9 +205,12 @@ def test_xid79_sets_the_condition_and_fault_quarantine_cordons(agent, core, cust
     assert reboot[0]["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "nvsentinel"
     # NVSentinel's last word on the node (and nothing races the restore afterwards): no janitor
     # here to report the reboot done, so fault-remediation's creating it is the success.
-    done = wait_until(lambda: (lambda n: n if (n.metadata.labels or {}).get(STATE_LABEL) == "remediation-succeeded"
-                                         and REMEDIATION_ANNOTATION in (n.metadata.annotations or {}) else None)(
-        core.read_node(node)), 30, "fault-remediation's state on " + node)
+    def remediated():
+        now = core.read_node(node)
+        return now if ((now.metadata.labels or {}).get(STATE_LABEL) == "remediation-succeeded"
+                       and REMEDIATION_ANNOTATION in (now.metadata.annotations or {})) else None
+
+    done = wait_until(remediated, 30, "fault-remediation's state on " + node)
     assert reboot[0]["metadata"]["name"] in done.metadata.annotations[REMEDIATION_ANNOTATION]
 
     # Who wrote: the condition by platform-connectors, the cordon by fault-quarantine, the reboot
@@ -206,6 +220,7 @@ def test_xid79_sets_the_condition_and_fault_quarantine_cordons(agent, core, cust
     assert (SA + "platform-connectors", "patch", "status") in writes or \
         (SA + "platform-connectors", "update", "status") in writes, writes
     assert any(user == SA + "fault-quarantine" and sub == "" for user, _verb, sub in writes), writes
+    assert not [w for w in writes if not w[0].startswith("system:")], writes  # nothing of the test's own
     created = [r["user"]["username"] for r in records
                if r.get("objectRef", {}).get("resource") == "rebootnodes" and r["verb"] == "create"]
     assert created == [SA + "fault-remediation"]

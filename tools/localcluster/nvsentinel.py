@@ -1,6 +1,7 @@
 """NVIDIA NVSentinel on the local control plane, deployed by its own Helm chart.
 
-    nvsentinel.py render      print the objects `up --nvsentinel` applies (YAML), change nothing
+    nvsentinel.py render --helm HELM   print the objects `up --nvsentinel` applies (YAML), change nothing
+                                       (with the project's virtualenv: tools/venv.sh)
 
 `tools/local-cluster up --nvsentinel` uses the functions below: it renders the chart
 (distros/kubernetes/nvsentinel of the pinned source) with Helm, the chart's values-postgresql.yaml
@@ -197,8 +198,6 @@ def _wait_established(dyn, resource, name, timeout=30):
             return
         time.sleep(0.1)
     raise localcluster.ClusterError("CRD %s not Established after %ds" % (name, timeout))
-
-
 
 
 # --- waiting until it runs ----------------------------------------------------------------------
