@@ -203,6 +203,7 @@ def test_xid79_sets_the_condition_and_fault_quarantine_cordons(agent, core, cust
     reboot = wait_until(lambda: [o for o in custom.list_cluster_custom_object(*REBOOT)["items"]
                                  if o["spec"]["nodeName"] == node], 60, "a RebootNode for " + node)
     assert reboot[0]["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "nvsentinel"
+
     # NVSentinel's last word on the node (and nothing races the restore afterwards): no janitor
     # here to report the reboot done, so fault-remediation's creating it is the success.
     def remediated():

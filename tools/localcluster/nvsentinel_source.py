@@ -57,7 +57,7 @@ def tree_id(path):
     if not entries:
         return None
     entries.sort()
-    return _object_id(b"tree", b"".join(m + b" " + n + b"\0" + o for _, m, n, o in entries))
+    return _object_id(b"tree", b"".join(mode + b" " + name + b"\0" + oid for _key, mode, name, oid in entries))
 
 
 def tree_ids(src):
