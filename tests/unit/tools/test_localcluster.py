@@ -125,7 +125,7 @@ def test_kubeconfig_is_valid_yaml_pointing_at_loopback(layout, tmp_path):
 def test_process_start_time_tells_reused_pids(layout):
     os.makedirs(layout.run)
     with open(os.path.join(layout.run, "etcd.json"), "w") as f:
-        json.dump({"pid": os.getpid(), "start": lc._proc_start_time(os.getpid())}, f)
+        json.dump({"pid": os.getpid(), "start": lc.proc_start_time(os.getpid())}, f)
     assert lc.running_pid(layout, "etcd") == os.getpid()
     with open(os.path.join(layout.run, "etcd.json"), "w") as f:
         json.dump({"pid": os.getpid(), "start": 1}, f)  # same pid, another process's start time
