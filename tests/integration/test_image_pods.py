@@ -247,8 +247,12 @@ def echo(core, apps, namespace, image):
     body = daemonset(name, image["repository"], image["shell"])
     body["spec"]["template"]["spec"]["containers"][0]["env"].append({"name": "ENDPOINT", "value": image["endpoint"]})
     apps.create_namespaced_daemon_set(namespace, body)
-    pods = wait_for(core, namespace, lambda: (lambda p: p if len(p) == 3 else None)(running_pods(core, namespace)),
-                    "3 Running pods of " + name)
+
+    def three_running():
+        pods = running_pods(core, namespace)
+        return pods if len(pods) == 3 else None
+
+    pods = wait_for(core, namespace, three_running, "3 Running pods of " + name)
     yield name, pods
     delete(lambda: apps.delete_namespaced_daemon_set(name, namespace))
 
@@ -331,8 +335,12 @@ def test_a_pod_with_an_unmapped_image_fails_with_a_message_naming_it(core, names
         "containers": [{"name": "echo", "image": image["repository"] + ":v1"},
                        {"name": "other", "image": "registry.example.test/not-mapped/at-all:v2"}]}}
     pod = core.create_namespaced_pod(namespace, body)
-    entry = wait_for(core, namespace, lambda: (lambda e: e if e and e["phase"] == "failed" else None)(
-        runner_entry(pod.metadata.uid)), "the runner to fail the pod")
+
+    def failed():
+        entry = runner_entry(pod.metadata.uid)
+        return entry if entry and entry["phase"] == "failed" else None
+
+    entry = wait_for(core, namespace, failed, "the runner to fail the pod")
     assert "image registry.example.test/not-mapped/at-all:v2 (registry.example.test/not-mapped/at-all): " \
            "not in the image map" in entry["message"]
     assert all(c["pid"] is None and c["started"] is None for c in entry["containers"].values())

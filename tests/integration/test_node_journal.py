@@ -38,6 +38,14 @@ def identity(host):
     return machine_id, boot_id
 
 
+def at_least(count, host, *matches):
+    """A check for wait_until: the node's journal entries once there are `count` of them."""
+    def check():
+        entries = journal(host, *matches)
+        return entries if len(entries) >= count else None
+    return check
+
+
 def append(host, payload):
     with open(os.path.join(host, "dev", "kmsg"), "ab") as f:
         f.write(payload)
@@ -128,8 +136,8 @@ def test_injected_xid_lands_in_the_nodes_journal_once(cluster_journal, agent):
                             {"node": "gpu-node-2", "gpu": "0", "xid": 79, "drill": "it-journal"})
     assert not result.get("failed"), result
     records = result["faults"][0]["records"]          # as written: "NVRM: NVRM: Xid ..."
-    entries = wait_until(lambda: (lambda e: e if len(e) >= before["gpu-node-2"] + len(records) else None)(
-        journal(host, "_TRANSPORT=kernel")), 30, "the XID's records in gpu-node-2's journal")
+    entries = wait_until(at_least(before["gpu-node-2"] + len(records), host, "_TRANSPORT=kernel"), 30,
+                         "the XID's records in gpu-node-2's journal")
     new = entries[before["gpu-node-2"]:]
     machine_id, boot_id = identity(host)
     # journald's MESSAGE is the driver's own line: the leading "NVRM:" went to SYSLOG_IDENTIFIER.
@@ -152,7 +160,6 @@ def test_injected_xid_lands_in_the_nodes_journal_once(cluster_journal, agent):
                             {"node": "gpu-node-2", "gpu": "1", "xid": 13, "drill": "it-journal"})
     assert not result.get("failed"), result
     count = len(entries) + len(result["faults"][0]["records"])
-    entries = wait_until(lambda: (lambda e: e if len(e) >= count else None)(journal(host, "_TRANSPORT=kernel")),
-                         30, "XID 13 after the restart")
+    entries = wait_until(at_least(count, host, "_TRANSPORT=kernel"), 30, "XID 13 after the restart")
     assert len(entries) == count
     assert [e["MESSAGE"] for e in entries[before["gpu-node-2"]:]].count(XID79) == 1

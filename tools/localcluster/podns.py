@@ -143,9 +143,12 @@ def sethostname(name):
     _call(LIBC.sethostname(ctypes.c_char_p(data), ctypes.c_size_t(len(data))), "sethostname")
 
 
+def _bytes(text):
+    return None if text is None else os.fsencode(text)
+
+
 def mount(source, target, fstype, flags, data=None):
-    enc = lambda s: None if s is None else os.fsencode(s)  # noqa: E731
-    _call(LIBC.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)),
+    _call(LIBC.mount(_bytes(source), _bytes(target), _bytes(fstype), ctypes.c_ulong(flags), _bytes(data)),
           "mount %s on %s" % (source, target))
 
 
@@ -265,10 +268,10 @@ class Rootfs:
         if directory == self.root:
             # The new root (entered with chroot at the end) holds copies of the mounts made so
             # far (MS_REC): what was recorded under the old root is now under the new one.
-            rerooted = lambda path: os.path.join(skel, os.path.relpath(path, directory))  # noqa: E731
-            self.ours = [rerooted(path) for path in self.ours]
-            self.readonly = [rerooted(path) for path in self.readonly]
-            self.skeletons = {rerooted(path) for path in self.skeletons} | {skel}
+            def rerooted(paths):
+                return [os.path.join(skel, os.path.relpath(path, directory)) for path in paths]
+            self.ours, self.readonly = rerooted(self.ours), rerooted(self.readonly)
+            self.skeletons = set(rerooted(self.skeletons)) | {skel}
             self.root = skel
         else:
             mount(skel, directory, None, MS_BIND | MS_REC)

@@ -105,7 +105,6 @@ from fractions import Fraction
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import forwarder  # noqa: E402  (sibling modules, found through the path above)
-import podns  # noqa: E402
 from podns import proc_start_time  # noqa: E402
 
 PODNS = os.path.join(HERE, "podns.py")

@@ -175,7 +175,7 @@ def test_optional_processes_run_only_when_their_option_is_set():
 
 def test_nodes_get_their_identity_and_gpus_in_their_host_root(layout):
     args = argparse.Namespace(nodes=2, cpu_nodes=1, gpus_per_node=2, instance_type="p5",
-                                                     gpu_product="NVIDIA-H100", cpu_instance_type="m7i")
+                              gpu_product="NVIDIA-H100", cpu_instance_type="m7i")
     lc.write_node_hosts(layout, args)
     hosts = os.path.join(layout.runner_state, "nodes")
     assert sorted(os.listdir(hosts)) == ["cpu-node-0", "gpu-node-0", "gpu-node-1"]
