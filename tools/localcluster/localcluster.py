@@ -58,6 +58,7 @@ if __name__ == "__main__":
     sys.modules.setdefault("localcluster", sys.modules[__name__])
 import pki  # noqa: E402  (sibling modules, found through the path above)
 import postgresql  # noqa: E402
+from podns import proc_start_time  # noqa: E402
 
 HOST = "127.0.0.1"
 SERVICE_CIDR = "127.96.0.0/16"      # only numbers: nothing ever connects to a ClusterIP here
@@ -130,15 +131,6 @@ def write_kubeconfig(path, layout, stem):
 
 # --- processes ---------------------------------------------------------------------------------
 
-def _proc_start_time(pid):
-    """Kernel start time of pid (clock ticks since boot), or None: tells a live pid from a reused one."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def _pidfile(layout, name):
     return os.path.join(layout.run, name + ".json")
 
@@ -149,7 +141,7 @@ def running_pid(layout, name):
             rec = json.load(f)
     except (OSError, ValueError):
         return None
-    if _proc_start_time(rec["pid"]) == rec["start"]:
+    if proc_start_time(rec["pid"]) == rec["start"]:
         return rec["pid"]
     return None
 
@@ -163,7 +155,7 @@ def spawn(layout, name, argv, **popen):
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 env=env, cwd=layout.state, start_new_session=True, **popen)
     with open(_pidfile(layout, name), "w") as f:
-        json.dump({"pid": proc.pid, "start": _proc_start_time(proc.pid), "argv": argv}, f)
+        json.dump({"pid": proc.pid, "start": proc_start_time(proc.pid), "argv": argv}, f)
     return proc.pid
 
 
@@ -183,11 +175,12 @@ def _alive(pid):
         return False
     except PermissionError:
         return True
-    # A zombie child of ours still answers kill(0); reap it if it is ours.
+    # A zombie still answers kill(0): reap it if it is ours; one that init has yet to reap (it
+    # may take seconds to) has ended all the same.
     with contextlib.suppress(ChildProcessError):
         if os.waitpid(pid, os.WNOHANG)[0] == pid:
             return False
-    return True
+    return proc_start_time(pid) is not None
 
 
 def terminate(pids, grace):

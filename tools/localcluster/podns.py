@@ -143,9 +143,12 @@ def sethostname(name):
     _call(LIBC.sethostname(ctypes.c_char_p(data), ctypes.c_size_t(len(data))), "sethostname")
 
 
+def _bytes(text):
+    return None if text is None else os.fsencode(text)
+
+
 def mount(source, target, fstype, flags, data=None):
-    enc = lambda s: None if s is None else os.fsencode(s)  # noqa: E731
-    _call(LIBC.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)),
+    _call(LIBC.mount(_bytes(source), _bytes(target), _bytes(fstype), ctypes.c_ulong(flags), _bytes(data)),
           "mount %s on %s" % (source, target))
 
 
@@ -226,13 +229,15 @@ class Rootfs:
     of the container's / (the host's / until a skeleton replaces it)."""
 
     def __init__(self, staging):
-        self.staging = staging
+        mount("tmpfs", staging, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=16m")
+        # Held by descriptor: a volume mounted over an ancestor of `staging` (an emptyDir at
+        # /work, say) must not hide it from the skeletons made after.
+        self.staging = fd_path(staging)
         self.root = "/"
         self.ours = []          # host paths of our binds and of what we created: may create inside
         self.skeletons = set()  # host paths of skeleton directories: may create entries directly
         self.readonly = []
         self.count = 0
-        mount("tmpfs", staging, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=16m")
 
     def host(self, path):
         return resolve_in_root(self.root, path)
@@ -263,10 +268,10 @@ class Rootfs:
         if directory == self.root:
             # The new root (entered with chroot at the end) holds copies of the mounts made so
             # far (MS_REC): what was recorded under the old root is now under the new one.
-            rerooted = lambda path: os.path.join(skel, os.path.relpath(path, directory))  # noqa: E731
-            self.ours = [rerooted(path) for path in self.ours]
-            self.readonly = [rerooted(path) for path in self.readonly]
-            self.skeletons = {rerooted(path) for path in self.skeletons} | {skel}
+            def rerooted(paths):
+                return [os.path.join(skel, os.path.relpath(path, directory)) for path in paths]
+            self.ours, self.readonly = rerooted(self.ours), rerooted(self.readonly)
+            self.skeletons = set(rerooted(self.skeletons)) | {skel}
             self.root = skel
         else:
             mount(skel, directory, None, MS_BIND | MS_REC)
@@ -316,6 +321,12 @@ class Rootfs:
         os.chdir(working_dir)
 
 
+def fd_path(path):
+    """A /proc/self/fd path for `path`, opened now (O_PATH, closed on exec): it keeps naming
+    that file or directory whatever is mounted over its path later."""
+    return "/proc/self/fd/%d" % os.open(path, os.O_PATH | os.O_CLOEXEC)
+
+
 def run_exec(spec):
     """Become the container: namespaces, mounts, then execve (this pid, the given environment)."""
     try:
@@ -323,9 +334,16 @@ def run_exec(spec):
             join_sandbox(spec["sandbox"])
         unshare(CLONE_NEWNS)
         mount(None, "/", None, MS_REC | MS_PRIVATE)   # nothing we mount propagates to the host
+        # Sources are opened before the first mount (in this namespace: mount(2) only binds from
+        # the caller's own), as a runtime resolves them on the host, outside the container's root.
+        mounts = mount_order(spec.get("mounts") or [])
+        sources = [fd_path(item["source"]) for item in mounts]
         rootfs = Rootfs(spec["staging"])
-        for item in mount_order(spec.get("mounts") or []):
-            rootfs.bind(item["path"], item["source"], item.get("readOnly", False))
+        for item, source in zip(mounts, sources):
+            try:
+                rootfs.bind(item["path"], source, item.get("readOnly", False))
+            except OSError as e:
+                raise OSError(e.errno, "volumeMount %s from %s: %s" % (item["path"], item["source"], e)) from None
         working_dir = spec.get("workingDir") or "/"
         rootfs.ensure(working_dir, True)
         for path in spec.get("hide") or []:

@@ -105,7 +105,6 @@ from fractions import Fraction
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import forwarder  # noqa: E402  (sibling modules, found through the path above)
-import podns  # noqa: E402
 from podns import proc_start_time  # noqa: E402
 
 PODNS = os.path.join(HERE, "podns.py")
@@ -718,11 +717,12 @@ def pod_key(pod):
     return "%s_%s_%s" % (meta["namespace"], meta["name"], meta["uid"])
 
 
-def wants_to_run(pod, fake_nodes, image_map=None):
+def wants_to_run(pod, fake_nodes, image_map=None, running_mode=None):
     """A pod runs here once it is on a simulated node, has its IP and is not going away, if it
-    opts in (pod_mode)."""
+    opts in (pod_mode). An image-mode pod that already runs (`running_mode`) goes on when the map
+    loses its image, as a running container outlives its image on a node."""
     meta, spec, status = pod["metadata"], pod.get("spec", {}), pod.get("status", {})
-    return (pod_mode(pod, image_map or ImageMap()) is not None
+    return ((running_mode == "image" or pod_mode(pod, image_map or ImageMap()) is not None)
             and spec.get("nodeName") in fake_nodes
             and bool(status.get("podIP"))
             and not meta.get("deletionTimestamp")
@@ -1294,7 +1294,8 @@ class Runner:
         nodes = self.fake_nodes()
         wanted = {}
         for obj in self.informers["Pod"].items():
-            if wants_to_run(obj, nodes, self.image_map):
+            running = self.pods.get(obj["metadata"]["uid"])
+            if wants_to_run(obj, nodes, self.image_map, running.mode if running else None):
                 wanted[obj["metadata"]["uid"]] = obj
         for uid, pod in list(self.pods.items()):
             if uid not in wanted:
@@ -1459,7 +1460,10 @@ class Runner:
         for mount in mounts:
             # kubelet creates a missing subPath inside its volume (never outside: safe_relpath).
             if not os.path.lexists(mount["source"]):
-                os.makedirs(mount["source"], mode=0o755)
+                try:
+                    os.makedirs(mount["source"], mode=0o755)
+                except OSError as e:
+                    raise ConfigError("subPath of volumeMount %s: %s" % (mount["path"], e)) from None
         boot_id = host_path_target(self.state_dir, pod.obj["spec"]["nodeName"], BOOT_ID_PATH)
         if os.path.exists(boot_id):
             mounts.append({"path": BOOT_ID_PATH, "source": boot_id, "readOnly": True})
@@ -1496,6 +1500,11 @@ class Runner:
         try:
             sandbox.proc = spawn(ProcessSpec(argv, env, "/"), os.path.join(pod.dir, "sandbox.log"),
                                  pass_fds=(write_fd,))
+        except OSError as e:
+            os.close(read_fd)
+            log("sandbox.spawn-failed", pod=pod.key, error=str(e))
+            sandbox.due = time.monotonic() + sandbox.backoff.next_delay(0)
+            return
         finally:
             os.close(write_fd)
         sandbox.pgid, sandbox.start_time, sandbox.ready = sandbox.proc.pid, proc_start_time(sandbox.proc.pid), False

@@ -143,7 +143,7 @@ def test_upstream_closing_first_reaches_the_client():
     server = fw.listen(("127.0.0.1", 0))
 
     def close_at_once():
-        conn, _ = server.accept()
+        conn, _peer = server.accept()
         conn.sendall(b"bye")
         conn.close()
 
@@ -168,7 +168,7 @@ def test_close_stops_accepting(forward):
 def test_relay_threads_end_with_their_connection(forward):
     _fwd, address = forward
     before = threading.active_count()
-    for _ in range(5):
+    for _round in range(5):
         with socket.create_connection(address, timeout=10) as client:
             client.sendall(b"x")
             client.shutdown(socket.SHUT_WR)

@@ -125,7 +125,7 @@ def test_kubeconfig_is_valid_yaml_pointing_at_loopback(layout, tmp_path):
 def test_process_start_time_tells_reused_pids(layout):
     os.makedirs(layout.run)
     with open(os.path.join(layout.run, "etcd.json"), "w") as f:
-        json.dump({"pid": os.getpid(), "start": lc._proc_start_time(os.getpid())}, f)
+        json.dump({"pid": os.getpid(), "start": lc.proc_start_time(os.getpid())}, f)
     assert lc.running_pid(layout, "etcd") == os.getpid()
     with open(os.path.join(layout.run, "etcd.json"), "w") as f:
         json.dump({"pid": os.getpid(), "start": 1}, f)  # same pid, another process's start time
@@ -176,7 +176,7 @@ def test_optional_processes_run_only_when_their_option_is_set():
 
 def test_nodes_get_their_identity_and_gpus_in_their_host_root(layout):
     args = argparse.Namespace(nodes=2, cpu_nodes=1, gpus_per_node=2, instance_type="p5",
-                                                     gpu_product="NVIDIA-H100", cpu_instance_type="m7i")
+                              gpu_product="NVIDIA-H100", cpu_instance_type="m7i")
     lc.write_node_hosts(layout, args)
     hosts = os.path.join(layout.runner_state, "nodes")
     assert sorted(os.listdir(hosts)) == ["cpu-node-0", "gpu-node-0", "gpu-node-1"]

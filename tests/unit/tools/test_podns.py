@@ -144,6 +144,19 @@ def test_exec_puts_volumes_at_their_mount_paths_and_leaks_no_mount(pod):
     assert mount_table() == before
 
 
+def test_exec_binds_sources_that_an_earlier_mount_covers(pod, tmp_path):
+    """A volume mounted over an ancestor of the runner's state (here /tmp, which holds the
+    pretend state) must not hide the sources and the staging directory of the mounts after it."""
+    assert str(tmp_path).startswith("/tmp/")
+    scratch = pod["state"] / "pods" / "p" / "volumes" / "tmp"
+    scratch.mkdir()
+    top = "/podns-test-" + uuid.uuid4().hex[:8]                  # needs the root skeleton
+    mounts = [{"path": "/tmp", "source": str(scratch)},
+              {"path": top, "source": str(pod["config"]), "readOnly": True}]
+    result = run_exec(pod, mounts, "ls -A /tmp | wc -l; cat %s/config.json" % top)
+    assert (result.returncode, result.stdout) == (0, '0\n{"a": 1}'), result.stderr
+
+
 def test_exec_reports_what_is_missing(pod):
     result = run_exec(pod, [], "exit 0", env={"PATH": "/nonexistent"})
     assert result.returncode == ns.EXIT_NOT_FOUND
