@@ -88,12 +88,12 @@ options:
       keys:
         description:
           - Exact label, annotation and taint keys that are restored too.
-          - The default is NVSentinel fault-quarantine's annotations, which have no prefix.
+          - The default is the annotations of NVSentinel's fault-quarantine and fault-remediation, which have no prefix.
         type: list
         elements: str
         default: [quarantineHealthEvent, quarantineHealthEventIsCordoned, quarantineHealthEventAppliedTaints,
                   quarantineHealthEventAppliedLabels, quarantineHealthEventCordonPreExisting,
-                  quarantinedNodeUncordonedManually, quarantinedNodeUntaintedManually, quarantineValidationHealthEvent]
+                  quarantinedNodeUncordonedManually, quarantinedNodeUntaintedManually, latestFaultRemediationState]
       ignore:
         description:
           - Keys never restored although in scope. The defaults are the health agent's heartbeat,

@@ -31,7 +31,7 @@ OUT_OF_SCOPE = "it.gpu-resilience.io/drill-ledger-owner"
 PREFIXES = (DRILL_PREFIX, AWS, "k8saas.nvidia.com/", "dgxc.nvidia.com/")
 KEYS = ("quarantineHealthEvent", "quarantineHealthEventIsCordoned", "quarantineHealthEventAppliedTaints",
         "quarantineHealthEventAppliedLabels", "quarantineHealthEventCordonPreExisting",
-        "quarantinedNodeUncordonedManually", "quarantinedNodeUntaintedManually", "quarantineValidationHealthEvent")
+        "quarantinedNodeUncordonedManually", "quarantinedNodeUntaintedManually", "latestFaultRemediationState")
 IGNORED = (AWS + "last-check", AWS + "results")
 TEST_LABELS = (DRILL_PREFIX + "drill", AWS + "status")
 TEST_ANNOTATIONS = (OUT_OF_SCOPE, "quarantineHealthEvent")
