@@ -152,7 +152,7 @@ def _entry(text):
     else:
         tokens = []
     return {"error_codes": codes, "entities": entities, "action": action,
-            "truncated": text.rstrip().endswith(TRUNCATED) or action is None, "text": " ".join(tokens)}
+            "truncated": action is None or any(token.endswith(TRUNCATED) for token in tokens), "text": " ".join(tokens)}
 
 
 def parse_condition(condition):
@@ -244,7 +244,7 @@ def _row(want, found, used):
     entry = item["entry"]
     problems = []
     if item["signal"] != want["signal"]:
-        problems.append("found as a %s, expected as a %s" % (item["signal"], want["signal"]))
+        problems.append("found as %s, expected as %s" % (_ARTICLE[item["signal"]], _ARTICLE[want["signal"]]))
     if item["signal"] == "condition" and (item["status"] != "True" or item["reason"] != want["check"] + UNHEALTHY_SUFFIX):
         problems.append("condition %s is %s (%s), expected True (%s%s)" % (
             want["check"], item["status"], item["reason"], want["check"], UNHEALTHY_SUFFIX))
@@ -253,6 +253,9 @@ def _row(want, found, used):
     if _entity(entry, "GPU_UUID") != want["gpu_uuid"]:
         problems.append("GPU_UUID %s, expected %s" % (_entity(entry, "GPU_UUID"), want["gpu_uuid"]))
     return {"expected": want, "signal": item["signal"], "observed": entry, "problems": problems, "match": not problems}
+
+
+_ARTICLE = {"condition": "a node condition", "event": "a Kubernetes Event"}
 
 
 def _where(want):
