@@ -114,6 +114,25 @@ def check_record_form(record_form, node=None):
         "fault_injector_agent_record_form: journald (the default)" % (" on " + node if node else "", record_form))
 
 
+def gpu_metadata(gpus, driver_version="", nvswitch_ports=()):
+    """The gpu_metadata.json NVSentinel's metadata-collector writes for these GPUs, as far as
+    NVSentinel's syslog monitor reads it (xid_catalog.nvsentinel_events).
+
+    gpus: the fault agent's inventory entries ``{index, pci, uuid}``. nvswitch_ports: the NVSwitch
+    ports each GPU's NVLinks reach, ``{gpu: index, switch_pci, port}``: an SXid on a port not
+    listed stalls NVSentinel's monitor. driver_version: the node's driver ("" when unknown).
+    """
+    out = []
+    for gpu in gpus:
+        links = [{"link_id": number, "remote_pci_address": port["switch_pci"], "remote_link_id": int(port["port"])}
+                 for number, port in enumerate(p for p in nvswitch_ports if p["gpu"] == gpu["index"])]
+        out.append({"gpu_id": gpu["index"], "uuid": gpu["uuid"], "pci_address": gpu["pci"], "nvlinks": links})
+    unknown = set(port["gpu"] for port in nvswitch_ports) - set(gpu["index"] for gpu in gpus)
+    if unknown:
+        raise NVSentinelError("NVSwitch ports name GPU(s) %s, which the node does not have" % sorted(unknown))
+    return {"driver_version": driver_version or "", "gpus": out}
+
+
 # --- what NVSentinel wrote ------------------------------------------------------------------------
 
 def parse_message(message):
