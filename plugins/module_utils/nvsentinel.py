@@ -21,8 +21,9 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import re
+import time
 
-from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import xid_catalog
+from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import agents, xid_catalog
 
 # The release from which syslog-health-monitor matches kernel records on _TRANSPORT=kernel
 # (2026-07-13); earlier ones filtered at times on SYSLOG_FACILITY=0, which no record user space
@@ -281,6 +282,34 @@ def _where(want):
     if want["signal"] == "condition":
         return "condition %s entry" % want["check"]
     return "Event %s%s" % (want["check"], UNHEALTHY_SUFFIX)
+
+
+def complete(seen):
+    """True when every expected event of an observe() result has been found (matching or not)."""
+    return all(row["observed"] is not None or row["expected"]["healthy"] for row in seen["rows"])
+
+
+def parse_time(text):
+    """Seconds since the epoch of an RFC 3339 time as the API server writes it; NVSentinelError otherwise."""
+    moment = agents.parse_time(text) if isinstance(text, str) else None
+    if moment is None:
+        raise NVSentinelError("not an RFC 3339 time: %r" % (text,))
+    return moment.timestamp()
+
+
+def event_time(event):
+    """When a Kubernetes Event last happened (seconds since the epoch), or None."""
+    for key in ("lastTimestamp", "eventTime", "firstTimestamp"):
+        if event.get(key):
+            return parse_time(event[key])
+    created = (event.get("metadata") or {}).get("creationTimestamp")
+    return parse_time(created) if created else None
+
+
+def recent_events(events, since):
+    """The Events not older than since (seconds since the epoch; Event times have whole seconds)."""
+    floor = int(since) if since is not None else None
+    return [event for event in events if floor is None or (event_time(event) or time.time()) >= floor]
 
 
 def describe(expected):

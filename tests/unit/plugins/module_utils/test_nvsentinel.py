@@ -9,6 +9,8 @@ import copy
 import pytest
 
 from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import nvsentinel, xid_catalog as xc
+from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils.kube import KubeError
+from ansible_collections.gpu_resilience.fault_injection.plugins.modules import nvsentinel_info
 
 NODE = "gpu-node-1"
 PCI = "0000:75:00.0"
@@ -104,6 +106,42 @@ def test_record_form_dmesg_is_refused_with_the_reason():
     assert "gpu-node-1" in text and "SYSLOG_IDENTIFIER" in text and "fault_injector_agent_record_form: journald" in text
     with pytest.raises(nvsentinel.NVSentinelError, match="unknown record form"):
         nvsentinel.check_record_form("syslog")
+
+
+def test_info_refuses_agents_nvsentinel_cannot_see():
+    live = {"alive": True, "reason": None, "record_form": "journald"}
+    assert nvsentinel_info.record_forms({"gpu-node-1": live}) == {"gpu-node-1": "journald"}
+    with pytest.raises(KubeError, match="gpu-node-2 writes records in form dmesg"):
+        nvsentinel_info.record_forms({"gpu-node-1": live, "gpu-node-2": dict(live, record_form="dmesg")})
+    with pytest.raises(KubeError, match="no live fault agent on gpu-node-3 .no Lease."):
+        nvsentinel_info.record_forms({"gpu-node-3": {"alive": False, "reason": "no Lease", "record_form": "journald"}})
+    ds = daemonset("ghcr.io/nvidia/nvsentinel/syslog-health-monitor:v1.19.0")
+    assert nvsentinel_info.monitor([daemonset("nginx:1"), ds], "nvsentinel")[1]["version"] == (1, 19, 0)
+    with pytest.raises(KubeError, match="no DaemonSet in namespace nvsentinel runs NVSentinel's syslog-health-monitor"):
+        nvsentinel_info.monitor([daemonset("nginx:1")], "nvsentinel")
+
+
+def test_gpu_metadata_from_the_agent_inventory():
+    gpus = [{"index": 0, "pci": "0000:53:00.0", "uuid": "GPU-a"}, {"index": 2, "pci": PCI, "uuid": UUID}]
+    meta = nvsentinel.gpu_metadata(gpus, "570.172.08", [{"gpu": 2, "switch_pci": "0000:06:00.0", "port": 12}])
+    assert meta["driver_version"] == "570.172.08" and meta["gpus"][0]["nvlinks"] == []
+    assert meta["gpus"][1] == {"gpu_id": 2, "uuid": UUID, "pci_address": PCI, "nvlinks": [
+        {"link_id": 0, "remote_pci_address": "0000:06:00.0", "remote_link_id": 12}]}
+    sxid = xc.render_sxid_lines(24007, "0000:06:00.0", switch=0, link=12)
+    assert xc.nvsentinel_events(sxid, meta)[0]["gpu_uuid"] == UUID
+    with pytest.raises(nvsentinel.NVSentinelError, match="GPU.s. .5."):
+        nvsentinel.gpu_metadata(gpus, "", [{"gpu": 5, "switch_pci": "0000:06:00.0", "port": 1}])
+
+
+def test_event_times():
+    assert nvsentinel.parse_time("2026-12-06T20:15:22.261Z") == 1796588122.261
+    assert nvsentinel.parse_time("2026-12-06T21:15:22+01:00") == 1796588122.0
+    for bad in ("yesterday", "", None, 5):
+        with pytest.raises(nvsentinel.NVSentinelError):
+            nvsentinel.parse_time(bad)
+    old, new = dict(XID13_EVENT, lastTimestamp="2026-12-06T20:15:21Z"), dict(XID13_EVENT, lastTimestamp="2026-12-06T20:15:22Z")
+    assert nvsentinel.recent_events([old, new], 1796588122.9) == [new]  # whole seconds
+    assert nvsentinel.recent_events([old], None) == [old]
 
 
 # --- parsing --------------------------------------------------------------------------------------
