@@ -284,6 +284,38 @@ def _where(want):
     return "Event %s%s" % (want["check"], UNHEALTHY_SUFFIX)
 
 
+def restore_conditions(current, baseline, checks=xid_catalog.NVSENTINEL_CHECKS):
+    """(the node's conditions with those of NVSentinel's checks as in baseline, the types that change).
+
+    current, baseline: status.conditions lists. A check condition absent from baseline is removed;
+    every other condition is kept as it is now.
+    """
+    before = dict((c.get("type"), c) for c in baseline or [] if c.get("type") in checks)
+    now = dict((c.get("type"), c) for c in current or [] if c.get("type") in checks)
+    changed = sorted(t for t in set(before) | set(now) if _condition_state(before.get(t)) != _condition_state(now.get(t)))
+    out = []
+    for condition in current or []:
+        kind = condition.get("type")
+        if kind not in now:
+            out.append(condition)          # not NVSentinel's: as it is
+        elif kind in before:
+            out.append(before[kind])       # NVSentinel's, back to the baseline
+    out += [before[kind] for kind in sorted(before) if kind not in now]
+    return out, changed
+
+
+def _condition_state(condition):
+    return None if condition is None else (condition.get("status"), condition.get("reason"), condition.get("message"))
+
+
+def platform_connectors_events(events, node, since, checks=xid_catalog.NVSENTINEL_CHECKS):
+    """The Events platform-connectors wrote for the node's checks that last happened at since or later."""
+    reasons = set(check + suffix for check in checks for suffix in (UNHEALTHY_SUFFIX, HEALTHY_SUFFIX))
+    return [event for event in recent_events(events, since) if event.get("reason") in reasons
+            and (event.get("involvedObject") or {}).get("kind") == "Node"
+            and (event.get("involvedObject") or {}).get("name") == node]
+
+
 def complete(seen):
     """True when every expected event of an observe() result has been found (matching or not)."""
     return all(row["observed"] is not None or row["expected"]["healthy"] for row in seen["rows"])

@@ -24,6 +24,7 @@ from support import ansible_module
 from test_nvsentinel_decisions import BUILD, cancellations_toml, chart, run, xc
 
 DETECT = "gpu_resilience.fault_injection.nvsentinel_detection"
+RESTORE = "gpu_resilience.fault_injection.nvsentinel_restore"
 INFO = "gpu_resilience.fault_injection.nvsentinel_info"
 NODE = "gpu-node-1"
 GPU = {"index": 2, "pci": "0000:75:00.0", "uuid": "GPU-3a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9"}
@@ -135,6 +136,25 @@ def test_a_different_report_is_named_not_failed(core, decide, node_marks):
                                      "wait_timeout": 20})
     assert not result.get("failed") and not result["matched"]
     assert result["rows"][0]["problems"] == ["Recommended Action RESTART_VM, expected COMPONENT_RESET"]
+
+
+def test_restore_puts_the_conditions_back_and_deletes_the_events(core, decide, node_marks):
+    baseline, since = conditions(core), _now()
+    startup, fatal = decide(written(79), METADATA)
+    _, non_fatal = decide(written(13), METADATA)
+    for decided in (startup, fatal, non_fatal):
+        platform_connectors_writes(core, node_marks, decided)
+    dirty = conditions(core)
+    args = {"node": NODE, "baseline": baseline, "events_since": since}
+    result = ansible_module(RESTORE, args, check=True, diff=True)
+    assert result["changed"] and result["restored"] == sorted(xc.NVSENTINEL_CHECKS)
+    assert result["events_deleted"] == node_marks["events"] and conditions(core) == dirty
+    assert len(result["diff"]["before"]) == 3 and result["diff"]["after"] == []
+    result = ansible_module(RESTORE, args)
+    assert result["changed"] and conditions(core) == baseline
+    assert not [e for e in core.list_namespaced_event("default").items if e.metadata.name in node_marks["events"]]
+    node_marks["events"], node_marks["conditions"] = [], set()
+    assert ansible_module(RESTORE, args)["changed"] is False
 
 
 def test_check_mode_timeout_and_refusals():

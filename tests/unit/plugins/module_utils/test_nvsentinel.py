@@ -239,3 +239,32 @@ def test_cancellation_leaves_no_unhealthy_entry():
 def test_describe():
     assert [nvsentinel.describe(e) for e in expected(162)] == ["SysLogsXIDError condition 162 CONTACT_SUPPORT",
                                                                "SysLogsXIDError clears 163"]
+
+
+# --- putting NVSentinel's conditions back ----------------------------------------------------------
+
+READY = {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "ok"}
+
+
+def test_restore_conditions_to_the_baseline():
+    current = [READY] + XID79_CONDITIONS
+    restored, changed = nvsentinel.restore_conditions(current, [READY] + BASELINE)
+    assert changed == ["SysLogsGPUFallenOff", "SysLogsXIDError"]  # SysLogsSXIDError already was
+    assert restored[0] == READY and sorted(c["type"] for c in restored[1:]) == sorted(xc.NVSENTINEL_CHECKS)
+    assert all(c["status"] == "False" for c in restored[1:])
+    # Without them in the baseline, they go; other conditions stay.
+    restored, changed = nvsentinel.restore_conditions(current, [READY])
+    assert restored == [READY] and changed == sorted(xc.NVSENTINEL_CHECKS)
+    # A baseline condition the node lost comes back; nothing to do when equal.
+    restored, changed = nvsentinel.restore_conditions([READY], [READY, XID79_CONDITIONS[0]])
+    assert restored == [READY, XID79_CONDITIONS[0]] and changed == ["SysLogsXIDError"]
+    assert nvsentinel.restore_conditions(current, current) == (current, [])
+
+
+def test_platform_connectors_events_of_the_node():
+    mine = dict(XID13_EVENT, lastTimestamp="2026-12-06T20:15:22Z")
+    other_reason = dict(mine, reason="Scheduled")
+    other_node = dict(mine, involvedObject={"kind": "Node", "name": "gpu-node-2"})
+    older = dict(mine, lastTimestamp="2026-12-06T20:15:20Z")
+    assert nvsentinel.platform_connectors_events([mine, other_reason, other_node, older], NODE,
+                                                 nvsentinel.parse_time("2026-12-06T20:15:21Z")) == [mine]
