@@ -119,11 +119,13 @@ def gpu_metadata(gpus, driver_version="", nvswitch_ports=()):
     """The gpu_metadata.json NVSentinel's metadata-collector writes for these GPUs, as far as
     NVSentinel's syslog monitor reads it (xid_catalog.nvsentinel_events).
 
-    gpus: the fault agent's inventory entries ``{index, pci, uuid}``. nvswitch_ports: the NVSwitch
-    ports each GPU's NVLinks reach, ``{gpu: index, switch_pci, port}``: an SXid on a port not
-    listed stalls NVSentinel's monitor. driver_version: the node's driver ("" when unknown).
+    gpus: the fault agent's inventory entries ``{index, pci, uuid}`` (a GPU whose UUID the agent
+    could not read is left out). nvswitch_ports: the NVSwitch ports each GPU's NVLinks reach,
+    ``{gpu: index, switch_pci, port}``: an SXid on a port not listed stalls NVSentinel's monitor.
+    driver_version: the node's driver ("" when unknown).
     """
     out = []
+    gpus = [gpu for gpu in gpus if gpu.get("uuid")]
     for gpu in gpus:
         links = [{"link_id": number, "remote_pci_address": port["switch_pci"], "remote_link_id": int(port["port"])}
                  for number, port in enumerate(p for p in nvswitch_ports if p["gpu"] == gpu["index"])]

@@ -49,6 +49,32 @@ options:
     description: The namespace of the fault agents (role C(fault_injector_agent)).
     type: str
     default: gpu-fault-injection
+  driver_version:
+    description:
+      - The NVIDIA driver version NVSentinel's metadata-collector finds on the nodes, for
+        C(gpu_metadata); it decides how NVSentinel decodes NVLink5 XIDs 144-150 (R575 or newer).
+    type: str
+    default: ""
+  nvswitch_ports:
+    description:
+      - The NVSwitch ports the nodes' GPUs reach, for C(gpu_metadata) (NVSentinel attributes an SXid to
+        the GPU behind its port).
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      gpu:
+        description: The GPU's index (as the fault agent reports it).
+        type: int
+        required: true
+      switch_pci:
+        description: The NVSwitch's PCI address, as in its SXid lines.
+        type: str
+        required: true
+      port:
+        description: The switch port (the SXid line's C(Link)).
+        type: int
+        required: true
 seealso:
   - module: gpu_resilience.fault_injection.nvsentinel_detection
 """
@@ -87,6 +113,15 @@ record_forms:
   returned: always
   type: dict
   sample: {gpu-node-1: journald}
+gpu_metadata:
+  description:
+    - Per node, the GPU metadata NVSentinel's metadata-collector would write for it, from its fault
+      agent's GPU inventory, I(driver_version) and I(nvswitch_ports), in the form
+      M(gpu_resilience.fault_injection.nvsentinel_detection) takes.
+  returned: always
+  type: dict
+  sample: {gpu-node-1: {driver_version: "570.172.08", gpus: [{gpu_id: 0, uuid: GPU-3a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9,
+                                                                pci_address: "0000:53:00.0", nvlinks: []}]}}
 """
 
 import datetime
@@ -98,7 +133,11 @@ from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils.kub
 def argument_spec():
     return dict(namespace=dict(type="str", default="nvsentinel"),
                 nodes=dict(type="list", elements="str", default=[]),
-                agent_namespace=dict(type="str", default="gpu-fault-injection"))
+                agent_namespace=dict(type="str", default="gpu-fault-injection"),
+                driver_version=dict(type="str", default=""),
+                nvswitch_ports=dict(type="list", elements="dict", default=[], options=dict(
+                    gpu=dict(type="int", required=True), switch_pci=dict(type="str", required=True),
+                    port=dict(type="int", required=True))))
 
 
 def monitor(daemonsets, namespace):
@@ -133,17 +172,21 @@ def main():
         k8s = kube.client(module)
         daemonsets, _ = kube.list_objects(k8s, kube.resource(k8s, "apps/v1", "DaemonSet"), params["namespace"])
         name, info = monitor(daemonsets, params["namespace"])
-        forms = {}
+        forms, metadata = {}, {}
         if params["nodes"]:
             leases, _ = kube.list_objects(k8s, kube.resource(k8s, "coordination.k8s.io/v1", "Lease"),
                                           params["agent_namespace"])
-            forms = record_forms(injection.agent_states(sorted(set(params["nodes"])), params["agent_namespace"], leases,
-                                                        datetime.datetime.now(datetime.timezone.utc)))
-    except KubeError as e:
+            states = injection.agent_states(sorted(set(params["nodes"])), params["agent_namespace"], leases,
+                                            datetime.datetime.now(datetime.timezone.utc))
+            forms = record_forms(states)
+            metadata = dict((node, nvsentinel.gpu_metadata(state["inventory"], params["driver_version"],
+                                                           params["nvswitch_ports"])) for node, state in states.items())
+    except (KubeError, nvsentinel.NVSentinelError) as e:
         module.fail_json(msg=str(e), changed=False)
     findings = nvsentinel.version_findings(info)
     kube.finish(module, dict(changed=False, version=list(info["version"]) if info["version"] else None,
-                             image=info["image"], daemonset=name, findings=findings, record_forms=forms), findings)
+                             image=info["image"], daemonset=name, findings=findings, record_forms=forms,
+                             gpu_metadata=metadata), findings)
 
 
 if __name__ == "__main__":
