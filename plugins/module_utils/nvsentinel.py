@@ -251,8 +251,8 @@ def _row(want, found, used):
                   if index not in used and item["check"] == want["check"] and _same_fault(want, item["entry"])]
     if want["healthy"]:
         # A cancellation leaves no unhealthy entry of the cancelled code on that GPU.
-        problems = ["an unhealthy %s entry for code %s is still there" % (want["check"], want["error_code"])
-                    for _ in candidates]
+        problems = ["an unhealthy %s entry for code %s is still there" % (want["check"], want["error_code"])] \
+            if candidates else []
         return {"expected": want, "signal": want["signal"], "observed": None, "problems": problems,
                 "match": not problems}
     same_signal = [index for index in candidates if found[index]["signal"] == want["signal"]]

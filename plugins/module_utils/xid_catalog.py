@@ -1111,7 +1111,7 @@ def nvsentinel_stalls(messages, metadata=None):
     At such a record the SysLogsSXIDError handler fails and the monitor retries it forever: no
     later record is processed by any check, also after a restart. [] when there is none.
     """
-    _, links = _metadata_index(metadata)
+    links = _metadata_index(metadata)[1]
     return [message for message, match in _sxid_matches(messages)
             if (_metadata_pci(match.group(2)), int(match.group(5))) not in links]
 
@@ -1125,7 +1125,7 @@ def _sxid_matches(messages):
 
 def _sxid_events(messages, links):
     events = []
-    for _, match in _sxid_matches(messages):
+    for _message, match in _sxid_matches(messages):
         gpu = links.get((_metadata_pci(match.group(2)), int(match.group(5))))
         if gpu is None:
             continue  # the monitor stalls here: nvsentinel_stalls

@@ -213,7 +213,7 @@ class Detection(object):
         if self.node is None:
             raise KubeError("node %s not found" % name)
         self.baseline = (self.node.get("status") or {}).get("conditions") or []
-        items, _ = kube.list_objects(self.k8s, self.events_res, self.params["event_namespace"])
+        items, _version = kube.list_objects(self.k8s, self.events_res, self.params["event_namespace"])
         self.events = dict((e["metadata"]["uid"], e) for e in items if _on_node(e, name))
         if self.module.check_mode:
             return self.result(None)
@@ -232,7 +232,7 @@ class Detection(object):
         when = None
         try:
             while True:
-                seen, _, _ = self.seen()
+                seen = self.seen()[0]
                 if nvsentinel.complete(seen):
                     break
                 remaining = deadline - time.monotonic()

@@ -18,8 +18,8 @@ description:
     records at times on C(SYSLOG_FACILITY=0), which no record written to C(/dev/kmsg) from user
     space carries) or when the tag names no release.
   - Refuses nodes whose fault agent writes records in the C(dmesg) form
-    (C(fault_injector_agent_record_form)): journald stores such a record's leading C(NVRM:) as
-    C(SYSLOG_IDENTIFIER), so NVSentinel, which matches C(NVRM: Xid) in the journal's C(MESSAGE),
+    (C(fault_injector_agent_record_form)); journald stores such a record's leading C(NVRM:) as
+    C(SYSLOG_IDENTIFIER), so NVSentinel, which matches C(NVRM:) followed by C(Xid) in the journal's C(MESSAGE),
     would see none of them. The form is read from each agent's Lease.
   - Never changes anything.
 author:
@@ -170,12 +170,12 @@ def main():
     params = module.params
     try:
         k8s = kube.client(module)
-        daemonsets, _ = kube.list_objects(k8s, kube.resource(k8s, "apps/v1", "DaemonSet"), params["namespace"])
+        daemonsets, _version = kube.list_objects(k8s, kube.resource(k8s, "apps/v1", "DaemonSet"), params["namespace"])
         name, info = monitor(daemonsets, params["namespace"])
         forms, metadata = {}, {}
         if params["nodes"]:
-            leases, _ = kube.list_objects(k8s, kube.resource(k8s, "coordination.k8s.io/v1", "Lease"),
-                                          params["agent_namespace"])
+            leases, _version = kube.list_objects(k8s, kube.resource(k8s, "coordination.k8s.io/v1", "Lease"),
+                                                 params["agent_namespace"])
             states = injection.agent_states(sorted(set(params["nodes"])), params["agent_namespace"], leases,
                                             datetime.datetime.now(datetime.timezone.utc))
             forms = record_forms(states)

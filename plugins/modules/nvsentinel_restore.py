@@ -138,7 +138,7 @@ def delete_events(k8s, module):
         return []
     since = nvsentinel.parse_time(params["events_since"])
     events_res = kube.resource(k8s, "v1", "Event")
-    items, _ = kube.list_objects(k8s, events_res, params["event_namespace"])
+    items, _version = kube.list_objects(k8s, events_res, params["event_namespace"])
     doomed = sorted(e["metadata"]["name"] for e in nvsentinel.platform_connectors_events(items, params["node"], since))
     for name in doomed if not module.check_mode else ():
         try:

@@ -19,7 +19,7 @@ description:
     (for XID 154, its default recovery action), for a GPU at PCI C(0000:75:00.0); for each SXid,
     of the records of NVSwitch 0 at C(0000:06:00.0), port 12.
   - NVIDIA NVSentinel's expectations are what its syslog-health-monitor and platform-connectors
-    decide for those records (see C(docs/nvsentinel.md)): with the node's GPU metadata or without
+    decide for those records (see C(docs/nvsentinel.md)), with the node's GPU metadata or without
     it, and for the driver branch in that metadata.
   - Needs no access to Kubernetes and changes nothing.
 author:
@@ -132,7 +132,7 @@ xids:
     nvsentinel_signal:
       description:
         - Where NVSentinel reports the XID, C(condition) (the node condition C(SysLogsXIDError),
-          status True: fatal) or C(event) (a Kubernetes Event: not fatal).
+          status True, for a fatal event) or C(event) (a Kubernetes Event, for a non-fatal one).
       type: str
       sample: condition
     nvsentinel_events:
@@ -191,7 +191,7 @@ sxids:
       description:
         - True when the node's GPU metadata does not map the NVSwitch port to a GPU (always without
           metadata). NVSentinel's syslog monitor then retries the record forever and processes no
-          later record of any check, also after a restart: never inject such an SXid on a node
+          later record of any check, also after a restart. Never inject such an SXid on a node
           watched by NVSentinel.
       type: bool
       sample: false
@@ -234,7 +234,7 @@ def entry(code, taint_min_severity, metadata=None):
     line = [r for r in records if r.startswith("NVRM: Xid ")][0]
     severity = xid_catalog.aws_severity(code, line)
     order = xid_catalog.SEVERITY_ORDER
-    events, _ = nvsentinel_expectation(records, metadata)
+    events = nvsentinel_expectation(records, metadata)[0]
     return dict(code=item["code"], mnemonic=item["mnemonic"], name=item["name"], aws_severity=severity,
                 expect_status=xid_catalog.STATUS_OF_SEVERITY[severity],
                 expect_taint=order.index(severity) >= order.index(taint_min_severity),

@@ -82,7 +82,7 @@ def nvl5_lines():
     """(id, records) per NVLink5 decode row, branch and error status: a line that row decodes."""
     out = []
     for number, row in enumerate(xc.NVL5_DECODE):
-        code, subcode, v1, v2, statuses, _ = row
+        code, subcode, v1, v2, statuses = row[:5]
         for branch, pattern in (("R570", v1), ("R575", v2)):
             for status in statuses or ("0x00000000",):
                 params = {"event": subcode.split("/")[-1].replace(" ", "_"),
@@ -99,8 +99,8 @@ def nvl5_lines():
 def catalog_records():
     """(id, records) for every record the catalog renders, as the fault agent renders them."""
     out = [("xid-%d" % code, xc.render_xid_lines(code, GPU["pci"], uuid=GPU["uuid"])) for code in xc.codes()]
-    out += [("xid-154-%s" % action.replace(" ", "-"), xc.render_xid_lines(154, GPU["pci"], uuid=GPU["uuid"],
-                                                                           recovery_action=action))
+    out += [("xid-154-%s" % action.replace(" ", "-"),
+             xc.render_xid_lines(154, GPU["pci"], uuid=GPU["uuid"], recovery_action=action))
             for action in xc.RECOVERY_ACTIONS if action != xc.DEFAULT_RECOVERY_ACTION]
     out += [("sxid-%d" % code, xc.render_sxid_lines(code, SWITCH["pci"], switch=SWITCH["index"], link=SWITCH["link"]))
             for code in xc.sxid_codes()]
@@ -163,7 +163,7 @@ KEYS = ("check", "error_code", "action", "fatal", "healthy", "pci", "gpu_uuid")
 
 
 def test_the_catalog_knows_the_charts_checks_and_cancellations():
-    monitor, _ = chart()
+    monitor = chart()[0]
     assert tuple(monitor["enabledChecks"]) == xc.NVSENTINEL_CHECKS
     rules = dict((rule["onErrorCode"], tuple(rule["cancelErrorCodes"]))
                  for check in monitor["cancellations"] if check["enabled"] and check["name"] == xc.NVSENTINEL_XID_CHECK
@@ -173,7 +173,7 @@ def test_the_catalog_knows_the_charts_checks_and_cancellations():
 
 @pytest.mark.parametrize("scenario", [s[0] for s in SCENARIOS])
 def test_nvsentinel_publishes_the_events_the_catalog_expects(decided, scenario):
-    meta, _, results = decided[scenario]
+    meta, results = decided[scenario][0], decided[scenario][2]
     mismatches = []
     for ident, (messages, result) in results.items():
         expected = [dict((k, e[k]) for k in KEYS) for e in xc.nvsentinel_events(messages, meta)]
@@ -209,10 +209,8 @@ def test_conditions_and_events_read_back_as_the_catalog_expects(decided, scenari
 
 def test_what_the_catalog_records_show(decided):
     """The facts the drills rely on, as NVSentinel's code showed them."""
-    _, _, with_meta = decided["metadata, driver R570"]
-    _, _, r575 = decided["metadata, driver R575"]
-    _, _, without = decided["no GPU metadata"]
-    _, _, dmesg = decided["record form dmesg"]
+    with_meta, r575, without, dmesg = (decided[name][2] for name in (
+        "metadata, driver R570", "metadata, driver R575", "no GPU metadata", "record form dmesg"))
 
     def events(results, ident):
         return [published(e) for e in results[ident][1]["health_events"]]
@@ -234,10 +232,10 @@ def test_what_the_catalog_records_show(decided):
     assert all(not events(without, "sxid-%d" % code) for code in xc.sxid_codes())
     # ... and stall the monitor: it cannot get past the SXid record.
     assert all(len(without["sxid-%d" % code][1]["stalled"]) == 1 for code in xc.sxid_codes())
-    assert not any(result["stalled"] for _, result in with_meta.values())
+    assert not any(pair[1]["stalled"] for pair in with_meta.values())
     assert events(with_meta, "sxid-24007")[0]["action"] == "CONTACT_SUPPORT"
     # A non-fatal XID is an Event, not a condition.
     assert [e["reason"] for e in with_meta["xid-13"][1]["events"]] == ["SysLogsXIDErrorIsNotHealthy"]
     assert not [c for c in with_meta["xid-13"][1]["conditions"] if c["status"] == "True"]
     # The agent's dmesg record form: NVSentinel sees nothing at all.
-    assert not [ident for ident, (_, result) in dmesg.items() if result["health_events"]]
+    assert not [ident for ident, pair in dmesg.items() if pair[1]["health_events"]]

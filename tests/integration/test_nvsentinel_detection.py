@@ -141,7 +141,7 @@ def test_a_different_report_is_named_not_failed(core, decide, node_marks):
 def test_restore_puts_the_conditions_back_and_deletes_the_events(core, decide, node_marks):
     baseline, since = conditions(core), _now()
     startup, fatal = decide(written(79), METADATA)
-    _, non_fatal = decide(written(13), METADATA)
+    non_fatal = decide(written(13), METADATA)[1]
     for decided in (startup, fatal, non_fatal):
         platform_connectors_writes(core, node_marks, decided)
     dirty = conditions(core)

@@ -50,7 +50,8 @@ COMPACTED = ("ErrorCode:48 PCI:0000:10:00 GPU_UUID:GPU-3a1b2c3d-4e5f-6071-8293-a
              "Recommended Action=RESTART_VM;")
 
 
-def expected(code, meta=META, **kwargs):
+def expected(code, meta=None, **kwargs):
+    meta = META if meta is None else meta
     records = xc.render_xid_lines(code, PCI, uuid=UUID, **kwargs)
     return xc.nvsentinel_events([xc.journal_message(xc.kmsg_text(r))[1] for r in records], meta)
 
