@@ -32,7 +32,8 @@ def probe():
     for name, call in CALLS:
         try:
             out[name] = {"ok": call()}
-        except Exception as exc:  # pylint: disable=broad-except  (CuPy's CUDA errors and anything else)
+        # CuPy's CUDA errors, and anything else the probe should report rather than die of
+        except Exception as exc:  # pylint: disable=broad-except
             out[name] = {"error": type(exc).__name__, "status": getattr(exc, "status", None), "text": str(exc)}
     return out
 
@@ -56,17 +57,18 @@ def cmd_fork(directory, xids):
             try:
                 arm(directory, xid)
                 print(json.dumps({"xid": xid, "calls": probe()}), flush=True)
-            except BaseException:  # pylint: disable=broad-except  (a child must never return into the loop)
+            # a child must never return into the loop
+            except BaseException:  # pylint: disable=broad-except
                 code = 3
             os._exit(code)  # pylint: disable=protected-access
-        _, status = os.waitpid(pid, 0)
+        status = os.waitpid(pid, 0)[1]
         if status != 0:
             print(json.dumps({"xid": xid, "child_status": status}), flush=True)
 
 
 def cmd_loop():
     print(json.dumps({"ready": True}), flush=True)
-    for _ in sys.stdin:
+    for _line in sys.stdin:
         print(json.dumps({"calls": probe()}), flush=True)
 
 

@@ -95,7 +95,8 @@ def worker():
     def attempt(action):
         try:
             return {"ok": action()}
-        except Exception as exc:  # pylint: disable=broad-except  (PyTorch raises RuntimeError and AcceleratorError)
+        # PyTorch raises RuntimeError or torch.AcceleratorError for CUDA errors
+        except Exception as exc:  # pylint: disable=broad-except
             return {"error": type(exc).__name__, "message": str(exc)}
 
     def compute(gpu):
@@ -154,7 +155,7 @@ class Worker:
 
     def until_error(self, gpu=0):
         """Operations until one fails (the control file reaches the worker within milliseconds)."""
-        for _ in range(TRIES):
+        for _attempt in range(TRIES):
             got = self.ask("run", gpu)
             if "error" in got:
                 return got
@@ -233,7 +234,7 @@ def run_checks(python, shim, workdir):
     else:
         absent = "0000:ff:1f.7"
         write(True, xid=79, gpu=absent)
-        other = [work.ask("run", 0) for _ in range(5)]
+        other = [work.ask("run", 0) for _attempt in range(5)]
         write(True, xid=79, gpu=pcis[0])
         report["targeting"] = {"target": pcis[0], "absent": absent, "gpu0_other_address": other[-1],
                                "gpu0": work.until_error(0)}

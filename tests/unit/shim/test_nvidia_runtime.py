@@ -65,7 +65,7 @@ def runtime_lib(major):
 
 
 def runtime_include(major):
-    dist, sub, _ = RUNTIMES[major]
+    dist, sub = RUNTIMES[major][:2]
     return wheel_path(dist, sub, "include")
 
 
@@ -159,7 +159,7 @@ def test_every_variant_nvidia_declares_for_a_covered_function_is_handled(headers
     variant NVIDIA does not declare."""
     table, passthrough, limit = shim_table(), shim_passthrough(), shim_api_version()
     covered = {split_variant(name)[0] for name in table} | set(passthrough)
-    handled = {pfn_name(name, version) for name, (version, _) in table.items()}
+    handled = {pfn_name(name, row[0]) for name, row in table.items()}
     declared = {}
     for major, header in headers.items():
         for pfn in nvidia_variants(header):
@@ -172,7 +172,7 @@ def test_every_variant_nvidia_declares_for_a_covered_function_is_handled(headers
             unhandled.append("%s (CUDA %s)" % (pfn, "/".join(majors)))
     assert unhandled == [], "declared by NVIDIA for functions the shim covers, neither wrapped nor passed through: %s" % unhandled
     assert sorted(handled - set(declared)) == [], "table rows that no cudaTypedefs.h declares"
-    assert all(version <= limit for version, _ in table.values())
+    assert all(row[0] <= limit for row in table.values())
     # the passthrough list: whole functions NVIDIA declares, never also in the table, each with its reason
     for name, reason in passthrough.items():
         assert name not in {split_variant(n)[0] for n in table}, name
@@ -294,7 +294,7 @@ class Lines:
     def until(self, parse, want, tries=500):
         """Ask until parse(answer) satisfies want (the shim applies a control file within milliseconds
         of its rename; each answer is a full round of calls, so this is bounded, not timed)."""
-        for _ in range(tries):
+        for _attempt in range(tries):
             got = parse(self.ask())
             if want(got):
                 return got
@@ -361,10 +361,10 @@ def test_cudart_with_one_gpu_targeted(rt, control, major):
     """gpu= targets one GPU: calls that name no GPU pass, so cudart gets past cuInit to the stand-in's
     limit; the shim's runtime wrappers that name the targeted device fail with the XID's error."""
     write_control(control, shim_control.render(True, 1, "drill", xid=79, gpu=PCI[2]))
-    rcs, _, _ = rt.calls(major, control, dev=2)
+    rcs = rt.calls(major, control, dev=2)[0]
     assert rcs["cudaGetDeviceCount"] == NOT_SUPPORTED and rcs["cudaInitDevice"] == NOT_SUPPORTED
     assert rcs["cudaSetDevice"] == 100 and rcs["cudaDeviceGetAttribute"] == 100
-    rcs, _, _ = rt.calls(major, control, dev=0)
+    rcs = rt.calls(major, control, dev=0)[0]
     assert set(rcs[n] for n in rcs if n not in HOST_ONLY) == {NOT_SUPPORTED}
 
 
@@ -394,7 +394,7 @@ def test_cudart_armed_and_disarmed_while_it_runs(rt, control, major):
     try:
         assert {v for n, v in state(probe.ask()).items() if n not in HOST_ONLY} == {702}
         write_control(control, shim_control.render(False, 4, "drill"))
-        for _ in range(3):
+        for _attempt in range(3):
             assert {v for n, v in state(probe.ask()).items() if n not in HOST_ONLY} == {702}
     finally:
         probe.close()

@@ -11,6 +11,7 @@ import queue
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,8 +20,12 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import shim_control, shim_source, xid_catalog
-from shim_build import (FIXTURES, PCI, SHIM_SRC, clean_env, compile_all, compiler, fake_driver_job, fixture_flags, shim_job,
-                        write_control)
+
+# shim_build sits beside this file; tests/unit/files/test_inference_server.py loads this file by path
+# and uses its Build, CC and write_control.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shim_build import (CC, FIXTURES, PCI, SHIM_SRC, clean_env, compile_all, compiler,  # noqa: E402,F401  pylint: disable=wrong-import-position
+                        fake_driver_job, fixture_flags, shim_job, write_control)
 
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
 # Driver functions the shim itself calls on its armed path (to find a call's context and device):
