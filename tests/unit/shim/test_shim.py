@@ -24,7 +24,7 @@ from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils imp
 # shim_build sits beside this file; tests/unit/files/test_inference_server.py loads this file by path
 # and uses its Build, CC and write_control.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shim_build import (CC, FIXTURES, PCI, SHIM_SRC, clean_env, compile_all, compiler,  # noqa: E402,F401  pylint: disable=wrong-import-position
+from shim_build import (CC, FIXTURES, PCI, SHIM_SRC, clean_env, compile_all, compiler,  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import
                         fake_driver_job, fixture_flags, shim_job, write_control)
 
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
