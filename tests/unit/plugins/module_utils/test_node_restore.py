@@ -287,15 +287,15 @@ def test_snapshot_keeps_everything_restoration_may_need():
     snap = node_restore.snapshot(obj)
     assert snap == {"unschedulable": True, "taints": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}],
                     "labels": obj["metadata"]["labels"], "annotations": obj["metadata"]["annotations"],
-                    "resourceVersion": "100", "uid": "uid-1"}
+                    "conditions": [{"type": "Ready", "status": "True"}], "resourceVersion": "100", "uid": "uid-1"}
     snap["labels"]["x"] = "y"
     assert "x" not in obj["metadata"]["labels"], "the snapshot must be a copy"
 
 
 def test_snapshot_of_a_bare_node():
     snap = node_restore.snapshot({"metadata": {"name": "n", "resourceVersion": "7"}})
-    assert snap == {"unschedulable": False, "taints": [], "labels": {}, "annotations": {}, "resourceVersion": "7",
-                    "uid": None}
+    assert snap == {"unschedulable": False, "taints": [], "labels": {}, "annotations": {}, "conditions": [],
+                    "resourceVersion": "7", "uid": None}
     assert node_restore.validate_snapshot(snap) is snap
 
 
@@ -371,7 +371,8 @@ def test_restores_a_drilled_node_exactly_and_touches_nothing_else():
     }
     # Once restored, nothing more to do.
     again = node_restore.plan(restored_node, before, scope())
-    assert again == {"changed": False, "patch": [], "restored": {}, "current": again["after"], "after": again["after"]}
+    assert again == {"changed": False, "patch": [], "restored": {}, "current": again["after"], "after": again["after"],
+                     "held_by": None}
 
 
 def test_readds_removed_marks_and_restores_the_cordon():
@@ -580,7 +581,7 @@ def test_batch_reads_all_nodes_with_one_list_and_patches_each_changed_node():
     assert [(n["name"], n["changed"]) for n in result["nodes"]] == [
         ("gpu-node-1", True), ("gpu-node-2", False), ("gpu-node-3", True)]
     for entry in result["nodes"]:
-        assert set(entry) == {"name", "changed", "patch", "restored", "node"}
+        assert set(entry) == {"name", "changed", "held_by", "patch", "restored", "node"}
         stored = api.node(entry["name"])
         assert entry["node"]["resource_version"] == stored["metadata"]["resourceVersion"]
         assert stored["spec"].get("taints", []) == ([UNREACHABLE] if entry["changed"] else [])
