@@ -103,7 +103,8 @@ ledgers:
        error: "ledger.json of ConfigMap gpu-drill-xid79-0411 is not JSON: Expecting value: line 1 column 1 (char 0)"}
 claims:
   description:
-    - The drills' claims in I(namespace) (only I(drill)'s when given), each with the claim's Lease
+    - Every drill's claims in I(namespace) (also when I(drill) is given: a cleanup needs to know
+      whose hands a node is in now), oldest first, each with the claim's Lease
       C(name), the holding C(drill), the C(target) (C({type, name}) for a node; C({type, api_version,
       kind, namespace, name}) for a workload), when it was C(acquired) and its C(age_seconds).
   returned: always
@@ -158,10 +159,10 @@ def read_ledgers(k8s, namespace, drill=None):
     return drill_ledger.sort_listed([drill_ledger.listed(o) for o in items]), warnings
 
 
-def read_claims(k8s, namespace, drill=None):
-    """The drills' claims in namespace (of one drill when given), oldest first."""
+def read_claims(k8s, namespace):
+    """Every drill's claims in namespace, oldest first."""
     leases = kube.resource(k8s, drill_claims.API_VERSION, drill_claims.KIND)
-    items, _version = kube.list_objects(k8s, leases, namespace, drill_claims.selector(drill))
+    items, _version = kube.list_objects(k8s, leases, namespace, drill_claims.selector())
     now = time.time()
     claims = []
     for obj in items:
@@ -216,11 +217,9 @@ def main():
     try:
         k8s = kube.client(module)
         ledgers, warnings = read_ledgers(k8s, params["namespace"], params["drill"])
-        claims = read_claims(k8s, params["namespace"], params["drill"])
+        claims = read_claims(k8s, params["namespace"])
         if params["verify"]:
-            # Whose hands a node is in now: every drill's claims, not only this one's.
-            everyone = claims if params["drill"] is None else read_claims(k8s, params["namespace"])
-            ledgers = verify(k8s, params["namespace"], ledgers, everyone)
+            ledgers = verify(k8s, params["namespace"], ledgers, claims)
     except (KubeError, LedgerError) as e:
         module.fail_json(msg=str(e), changed=False)
     for warning in warnings:
