@@ -136,10 +136,10 @@ def node_differences(name, before, node, drill, claimed_by=None):
         old_c = dict((c["type"], c.get("status")) for c in before["conditions"])
         new_c = dict((c["type"], c.get("status")) for c in now["conditions"])
         for kind in sorted(set(old_c) | set(new_c)):
-            if old_c.get(kind) != new_c.get(kind):
-                out.append(difference(where, "conditions['%s']" % kind, old_c.get(kind), new_c.get(kind),
-                                      "%s: condition %s was %s, now %s" % (where, kind, _value(old_c.get(kind)),
-                                                                          _value(new_c.get(kind)))))
+            old, new = old_c.get(kind), new_c.get(kind)
+            if old != new:
+                out.append(difference(where, "conditions['%s']" % kind, old, new, "%s: condition %s was %s, now %s"
+                                      % (where, kind, _value(old), _value(new))))
     holder = node_restore.foreign_drill(now, (drill_claims.NODE_DRILL_LABEL, drill)) or (
         claimed_by if claimed_by and claimed_by != drill else None)
     if out and holder:

@@ -23,9 +23,9 @@ description:
     JSON object with C(version) (1), C(drill), C(created) (RFC 3339), C(meta) and C(entries).
   - For a C(node) entry the module reads the node and stores its state before the drill in the
     entry's C(before) - C(unschedulable), C(taints), C(labels), C(annotations), C(conditions) (type,
-    status, reason), C(resourceVersion) and C(uid) - the format that M(gpu_resilience.fault_injection.node_marks_restore) restores. The first
-    record of a node wins; a later entry for the same node adds nothing, so the record stays the
-    state before the drill.
+    status, reason), C(resourceVersion) and C(uid) - the format that
+    M(gpu_resilience.fault_injection.node_marks_restore) restores. The first record of a node wins;
+    a later entry for the same node adds nothing, so the record stays the state before the drill.
   - Every write is conditional on the ConfigMap's C(resourceVersion); when someone else changed the
     ledger in between (HTTP 409), the module reads it again and redoes its update, a few times.
   - The ledger has no owner, so it outlives the drill's objects until I(state=absent) deletes it.

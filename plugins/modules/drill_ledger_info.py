@@ -103,7 +103,7 @@ ledgers:
        error: "ledger.json of ConfigMap gpu-drill-xid79-0411 is not JSON: Expecting value: line 1 column 1 (char 0)"}
 claims:
   description:
-    - Every drill's claims in I(namespace) (also when I(drill) is given: a cleanup needs to know
+    - Every drill's claims in I(namespace), also when I(drill) is given (a cleanup needs to know
       whose hands a node is in now), oldest first, each with the claim's Lease
       C(name), the holding C(drill), the C(target) (C({type, name}) for a node; C({type, api_version,
       kind, namespace, name}) for a workload), when it was C(acquired) and its C(age_seconds).

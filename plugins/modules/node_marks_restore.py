@@ -363,10 +363,10 @@ class Restorer:
                 node = self.read()
             self.check_uid(node)
             planned = node_restore.plan(node, self.before, self.scope, self.owner)
-            if planned["held_by"]:
+            holder = planned["held_by"]
+            if holder:
                 self.warnings.append("node %s carries the label %s=%s: it is in drill %s's hands now, so its marks are "
-                                     "left to that drill's cleanup" % (self.name, drill_claims.NODE_DRILL_LABEL,
-                                                                         planned["held_by"], planned["held_by"]))
+                                     "left to that drill's cleanup" % (self.name, drill_claims.NODE_DRILL_LABEL, holder, holder))
             if not planned["changed"] or self.check_mode:
                 return self.result(planned, node, planned["changed"])
             try:

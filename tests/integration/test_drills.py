@@ -352,8 +352,8 @@ def refused_before_any_change(rc, out, timeline, holder, what):
     assert timeline["verification"] is None
 
 
-def test_drills_together_one_per_node_and_a_fleet_over_a_held_node_is_refused_whole(stack, api_client, core,
-                                                                                     tmp_path):
+def test_drills_together_one_per_node_and_a_fleet_over_a_held_node_is_refused_whole(
+        stack, api_client, core, tmp_path):
     before = dump(api_client)
     target = workload_node(core)
     elsewhere, spare = [n for n in GPU_NODES if n != target]
@@ -373,9 +373,9 @@ def test_drills_together_one_per_node_and_a_fleet_over_a_held_node_is_refused_wh
                             fault_scenario_max_percent=70, fault_scenario_confirm=True)
         results = dict((drill_id, outcome(run, tmp_path, drill_id)) for drill_id, run in runs.items())
     finally:
-        for proc, _log in runs.values():
-            if proc.poll() is None:
-                kill_run(proc)
+        for run in runs.values():
+            if run[0].poll() is None:
+                kill_run(run[0])
         seen = recorder.stop()
     loser = second if winner == first else first
 

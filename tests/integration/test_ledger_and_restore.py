@@ -402,8 +402,8 @@ def test_cleanup_releases_the_claims_of_a_drill_killed_before_its_ledger(core, d
     assert claims(core) == {}
 
 
-def test_verify_only_names_a_mark_changed_behind_the_drills_back_then_cleanup_restores_it(api_client, core, drill,
-                                                                                           node):
+def test_verify_only_names_a_mark_changed_behind_the_drills_back_then_cleanup_restores_it(
+        api_client, core, drill, node):
     recorded = ansible_module(LEDGER, {"drill": drill, "entries": [{"type": "node", "node": NODE}]})
     assert recorded.get("changed") and not recorded.get("failed"), recorded
     snapshot = recorded["ledger"]["entries"][0]["before"]

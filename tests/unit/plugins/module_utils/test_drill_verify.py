@@ -17,16 +17,16 @@ DEPLOYMENT = {"apiVersion": "apps/v1", "kind": "Deployment",
 SHIM = {"type": "shim_patch", "api_version": "", "kind": "Deployment", "namespace": "gpu-demo", "name": "gpu-inference"}
 
 
-def ledger(before_node=None, workload=DEPLOYMENT, extra=()):
+def ledger(before_node=None, workload=None, extra=()):
     entries = [dict(type="node", node="gpu-node-1", before=node_restore.snapshot(before_node or node())),
-               dict(SHIM, before=drill_verify.workload_state(workload, "Deployment")),
+               dict(SHIM, before=drill_verify.workload_state(workload or DEPLOYMENT, "Deployment")),
                dict(type="faults", drill="drill-a")] + list(extra)
     return {"drill": "drill-a", "entries": entries}
 
 
-def observed(now_node=None, workload=DEPLOYMENT, faults=(), objects=None):
+def observed(now_node=None, workload="as recorded", faults=(), objects=None):
     return {"nodes": {"gpu-node-1": now_node if now_node is not None else node()},
-            "workloads": {drill_ledger.identity(SHIM): workload},
+            "workloads": {drill_ledger.identity(SHIM): DEPLOYMENT if workload == "as recorded" else workload},
             "faults": {"drill-a": list(faults)}, "objects": objects or {}}
 
 

@@ -756,8 +756,8 @@ def test_the_owners_own_label_and_a_clean_node_restore_as_before():
 
 def test_restorer_for_a_drill_skips_a_node_held_by_another_and_warns():
     api = FakeK8s(nodes=[node(labels={DRILL + "drill": "drill-c"})])
-    restorer = node_marks_restore.Restorer(api, "gpu-node-1", node_restore.snapshot(node()), dict(keys=node_marks_restore.DEFAULT_KEYS),
-                                           drill="drill-b")
+    restorer = node_marks_restore.Restorer(api, "gpu-node-1", node_restore.snapshot(node()),
+                                           dict(keys=node_marks_restore.DEFAULT_KEYS), drill="drill-b")
     result = restorer.run()
     assert (result["changed"], result["held_by"]) == (False, "drill-c")
     assert not api.calls("patch")
