@@ -8,8 +8,9 @@ After its cleanup a drill checks this instead of assuming it; ``cleanup.yml`` ch
 drill whose ledger is there (``fault_cleanup_verify_only``). What is compared, per ledger entry:
 
 - ``node``: the marks the cleanup restores (node_marks_restore's default scope: the drills' and
-  the detectors' labels, annotations and taints, and the cordon), and the conditions' statuses
-  (the kubelet's and the detectors': compared, never restored). A node that now carries another
+  the detectors' labels, annotations and taints, and the cordon), and the conditions (the
+  kubelet's and the detectors': compared, never restored): Ready's status, and for the others
+  whether they report a problem (True). A node that now carries another
   drill's label, or is claimed by another drill, is in that drill's hands: its differences say so;
 - ``shim_patch``: the workload still exists, carries no shim record, and its pod templates hash to
   what the ledger recorded before the shim went in (:func:`workload_state`);
@@ -33,6 +34,7 @@ from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils imp
 # The marks cleanup restores: node_marks_restore's default scope.
 SCOPE = node_restore.make_scope(keys=node_marks.NVSENTINEL_ANNOTATIONS)
 NODE_CHECKED = "marks of the drills and detectors, cordon, conditions"
+READY = "Ready"
 
 
 # --- what is recorded of a workload ---------------------------------------------------------------
@@ -137,7 +139,7 @@ def node_differences(name, before, node, drill, claimed_by=None):
         new_c = dict((c["type"], c.get("status")) for c in now["conditions"])
         for kind in sorted(set(old_c) | set(new_c)):
             old, new = old_c.get(kind), new_c.get(kind)
-            if old != new:
+            if _condition_state(kind, old) != _condition_state(kind, new):
                 out.append(difference(where, "conditions['%s']" % kind, old, new, "%s: condition %s was %s, now %s"
                                       % (where, kind, _value(old), _value(new))))
     holder = node_restore.foreign_drill(now, (drill_claims.NODE_DRILL_LABEL, drill)) or (
@@ -169,6 +171,15 @@ def workload_differences(entry, obj):
 def _where(entry):
     """A workload or object entry as Kind namespace/name."""
     return "%s %s%s" % (entry["kind"], entry["namespace"] + "/" if entry.get("namespace") else "", entry["name"])
+
+
+def _condition_state(kind, status):
+    """What the self-check compares of a condition: Ready's status; of any other condition only
+    whether it reports a problem (True). A detector's condition that is False once the node is
+    healthy again (NVSentinel keeps its SysLogsXIDError condition, False) is as good as none."""
+    if kind == READY:
+        return status
+    return status == "True"
 
 
 def _value(value):

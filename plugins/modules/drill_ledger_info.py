@@ -49,8 +49,10 @@ options:
     description:
       - Compare the cluster with each ledger, and return the result as the ledger's C(verification).
       - Per C(node) entry, the marks a cleanup restores (the drills' and the detectors' labels,
-        annotations and taints, and the cordon) and the conditions' statuses; per C(shim_patch)
-        entry, that the workload exists without the CUDA shim and with the pod templates it had;
+        annotations and taints, and the cordon) and the conditions - C(Ready)'s status, and for the
+        others whether they report a problem (C(True); a detector's condition that is C(False)
+        again counts as none); per C(shim_patch) entry, that the workload exists without the CUDA
+        shim and with the pod templates it had;
         per C(faults) entry, that no GPUFault of the drill is left; per C(object) entry, that the
         object is gone.
     type: bool

@@ -81,6 +81,17 @@ def test_a_node_in_another_drills_hands_says_so(now, claims):
     assert result["differences"][0]["text"].endswith("(the node is in drill drill-c's hands now: left to its cleanup)")
 
 
+def test_a_condition_compares_by_whether_it_reports_a_problem():
+    # NVSentinel keeps its condition once the node is healthy again, False: as good as none.
+    healed = node()
+    healed["status"]["conditions"] = [{"type": "Ready", "status": "True"}, {"type": "SysLogsXIDError", "status": "False"}]
+    assert drill_verify.compare(ledger(), observed(healed))["differences"] == []
+    unknown = node()
+    unknown["status"]["conditions"] = [{"type": "Ready", "status": "Unknown"}]
+    assert texts(drill_verify.compare(ledger(), observed(unknown))) == [
+        'node gpu-node-1: condition Ready was "True", now "Unknown"']
+
+
 def test_a_ledger_without_conditions_compares_no_conditions():
     before = node_restore.snapshot(node())
     del before["conditions"]
