@@ -27,7 +27,7 @@ if [ $needs_cluster = 1 ]; then
   LOCALCLUSTER_BIN_DIR=$(tools/localcluster/build-binaries.sh) || exit 1
   export LOCALCLUSTER_BIN_DIR
   step "setup: local control plane"
-  tools/local-cluster up --nodes 3 >/dev/null || { tools/local-cluster down; exit 1; }
+  tools/local-cluster up --nodes 3 --journal >/dev/null || { tools/local-cluster down; exit 1; }
   eval "$(tools/local-cluster env)"
   trap 'step "teardown: local control plane"; tools/local-cluster down' EXIT
 fi

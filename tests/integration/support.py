@@ -178,3 +178,57 @@ def kill_run(proc):
         except OSError:
             pass
     proc.wait()
+
+
+# --- the local pod runner's side -------------------------------------------------------------
+
+RUNNER_TIMEOUT = 60
+
+
+def delete(call):
+    """Clean-up that tolerates what is already gone."""
+    try:
+        call()
+    except client.ApiException as e:
+        if e.status != 404:
+            raise
+
+
+def runner_entry(uid):
+    return (read_runner_index().get("pods") or {}).get(uid)
+
+
+def tail(path, lines=25):
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError as e:
+        return "(%s)" % e
+
+
+def diagnostics(core, ns):
+    """What to look at when a wait times out: pods, the runner's index and logs (sandboxes'
+    included)."""
+    out = ["--- pods in %s" % ns]
+    for pod in core.list_namespaced_pod(ns).items:
+        out.append("%s uid=%s node=%s phase=%s ip=%s deleting=%s" % (
+            pod.metadata.name, pod.metadata.uid, pod.spec.node_name, pod.status.phase,
+            pod.status.pod_ip, pod.metadata.deletion_timestamp))
+    index = read_runner_index()
+    out.append("--- runner index (%s)\n%s" % (RUNNER_STATE, json.dumps(index, indent=1)[-3000:]))
+    for entry in (index.get("pods") or {}).values():
+        if entry.get("namespace") == ns:
+            for name in list(entry.get("containers") or {}) + ["sandbox"]:
+                path = os.path.join(entry["dir"], name + ".log")
+                out.append("--- %s\n%s" % (path, tail(path, 15)))
+    for path in (os.path.join(os.path.dirname(RUNNER_STATE), "logs", "podrunner.log"),):
+        out.append("--- %s\n%s" % (path, tail(path)))
+    return "\n".join(out)
+
+
+def wait_for(core, ns, check, what, timeout=RUNNER_TIMEOUT, interval=0.2):
+    """wait_until, with the runner's side of the story when it times out."""
+    try:
+        return wait_until(check, timeout, what, interval)
+    except pytest.fail.Exception as e:
+        pytest.fail("%s\n%s" % (e, diagnostics(core, ns)), pytrace=False)

@@ -3,8 +3,9 @@
 tests/nvsentinel_compat/build.sh builds a small program from NVSentinel's source (NVSENTINEL_SRC)
 that runs its syslog-health-monitor (SyslogMonitor, with the chart's checks and cancellation
 rules) and platform-connectors (gRPC handler, ring buffer, Kubernetes connector on client-go's
-fake clientset) over journal entries. Every record the catalog renders goes in as journald would
-store it: every XID (XID 154 with every recovery action), every SXid, and one line per NVLink5
+fake clientset) over journal entries. Every record the catalog renders goes in as the fault agent
+writes it (its record forms) and the kernel and journald store it (the node journal bridge's
+rules): every XID (XID 154 with every recovery action), every SXid, and one line per NVLink5
 decode row for each driver branch; on a node with GPU metadata and a driver before R575, with
 one from R575 on, and without GPU metadata; and once more written in the agent's `dmesg` record
 form. For each injection the test compares, with 0 mismatches allowed (all listed):
@@ -16,6 +17,7 @@ form. For each injection the test compares, with 0 mismatches allowed (all liste
 
 Needs no cluster; Go builds the program once per NVSentinel source (cached outside the repo).
 """
+import importlib.util
 import json
 import os
 import subprocess
@@ -30,6 +32,23 @@ subprocess.run([os.path.join(ROOT, "tools", "collection-tree.sh")], check=True, 
 sys.path.insert(0, os.path.join(ROOT, "build", "collections"))
 from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import (  # noqa: E402  pylint: disable=wrong-import-position
     nvsentinel, xid_catalog as xc)
+
+
+def load(name, path, *search):
+    for directory in search:
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# What the agent writes (its record forms) and what the kernel and journald make of it (the node
+# journal bridge's rules): the journal entries NVSentinel reads come from these, not from the catalog.
+agent = load("gpu_fault_agent", os.path.join(ROOT, "files", "agent", "gpu_fault_agent.py"),
+             os.path.join(ROOT, "plugins", "module_utils"), os.path.join(ROOT, "files", "agent"))
+kmsg_journal = load("kmsg_journal", os.path.join(ROOT, "tools", "localcluster", "kmsg_journal.py"))
 
 BUILD = os.path.join(ROOT, "tests", "nvsentinel_compat", "build.sh")
 NODE = "gpu-node-1"
@@ -107,15 +126,20 @@ def catalog_records():
     return out
 
 
-def entries(records, form):
-    """The journal entries journald stores for records the agent writes in a record form."""
+def journal_entries(texts):
+    """The journal entries for texts the agent writes to /dev/kmsg (one write each): the kernel's
+    devkmsg_write and /dev/kmsg read format, then journald's dev_kmsg_record."""
     out = []
-    for record in records:
-        written = xc.kmsg_text(record) if form == "journald" else record
-        ident, message = xc.journal_message(written)
-        out.append({"MESSAGE": message, "SYSLOG_IDENTIFIER": ident, "_TRANSPORT": "kernel", "PRIORITY": "3",
-                    "SYSLOG_FACILITY": "1"})
+    for seq, text in enumerate(texts):
+        facility, level, body = kmsg_journal.devkmsg_write(agent.kmsg_payload(text))
+        record = kmsg_journal.kmsg_read_format(facility, level, seq, 1000000 + seq, body)
+        out.append(dict((name, value.decode()) for name, value in kmsg_journal.dev_kmsg_record(record)[1]))
     return out
+
+
+def entries(records, form):
+    """The journal entries of records the agent writes in a record form (its record_text)."""
+    return journal_entries([agent.record_text(record, form) for record in records])
 
 
 SCENARIOS = (  # name, metadata, record form, injections
@@ -160,6 +184,16 @@ def published(event):
 
 
 KEYS = ("check", "error_code", "action", "fatal", "healthy", "pci", "gpu_uuid")
+
+
+@pytest.mark.parametrize("form", ["journald", "dmesg"])
+def test_the_catalogs_journal_model_agrees_with_the_node_journal_bridge(form):
+    """journal_message (what nvsentinel_detection expects NVSentinel to read) against the bridge's
+    rules, for every record of every catalog XID and SXid."""
+    records = [r for _, rs in catalog_records() for r in rs]
+    texts = [agent.record_text(record, form) for record in records]
+    assert [xc.journal_message(text)[1] for text in texts] == [e["MESSAGE"] for e in journal_entries(texts)]
+    assert all(e["_TRANSPORT"] == "kernel" for e in journal_entries(texts))
 
 
 def test_the_catalog_knows_the_charts_checks_and_cancellations():

@@ -21,7 +21,7 @@ import uuid
 import pytest
 
 from support import ansible_module
-from test_nvsentinel_decisions import BUILD, cancellations_toml, chart, run, xc
+from test_nvsentinel_decisions import BUILD, cancellations_toml, chart, journal_entries, run, xc
 
 DETECT = "gpu_resilience.fault_injection.nvsentinel_detection"
 RESTORE = "gpu_resilience.fault_injection.nvsentinel_restore"
@@ -44,10 +44,7 @@ def decide():
     binary = run([BUILD]).strip()
 
     def decide_for(records, metadata):
-        entries = []
-        for written in records:
-            ident, message = xc.journal_message(written)
-            entries.append({"MESSAGE": message, "SYSLOG_IDENTIFIER": ident, "_TRANSPORT": "kernel"})
+        entries = journal_entries(records)
         request = {"node": NODE, "checks": monitor["enabledChecks"],
                    "cancellations_toml": cancellations_toml(monitor["cancellations"]),
                    "max_condition_message_length": connector["maxNodeConditionMessageLength"],

@@ -1,13 +1,30 @@
 """A real Kubernetes control plane on loopback, with simulated GPU nodes, for tests and demos.
 
-    localcluster.py --bin-dir DIR up [--nodes N] [--cpu-nodes M]   start (or converge) the cluster
-    localcluster.py down                                            stop everything, delete its state
+    localcluster.py --bin-dir DIR up [--nodes N] [--cpu-nodes M] [--journal]
+                                                   start (or converge) the cluster
+    localcluster.py down                           stop everything, delete its state
     localcluster.py status | env | restart-runner
 
 Processes: etcd, kube-apiserver, kube-controller-manager, kube-scheduler (built from their Go
-modules by build-binaries.sh), KWOK (simulates the kubelets of the GPU nodes) and the local pod
-runner (runs our own programs for pods that opt in). Every address any of them listens on or
-connects to is in 127.0.0.0/8, including KWOK's node and pod IPs.
+modules by build-binaries.sh), KWOK (simulates the kubelets of the GPU nodes), the local pod
+runner (runs the containers of pods that opt in: podrunner.py) and, with --journal, the node
+journal bridge (kmsg_journal.py). Every address any of them listens on or connects to is in
+127.0.0.0/8, including KWOK's node and pod IPs.
+
+Each simulated node has a host root, <state>/runner/nodes/<node>/host/, that hostPath volumes map
+to: /proc/driver/nvidia/gpus/<pci>/information for its GPUs, /etc/machine-id (stable per node name),
+/proc/sys/kernel/random/boot_id (new at each `up` that creates the cluster) and /dev/kmsg, a
+regular file that the fault agent appends kernel records to.
+
+--journal (or LOCALCLUSTER_JOURNAL=1) gives every node a real systemd journal, as journald would
+keep it from the node's /dev/kmsg: <host root>/var/log/journal/<machine-id>/system.journal, which
+`journalctl --directory=<host root>/var/log/journal _TRANSPORT=kernel` and NVSentinel's
+syslog-health-monitor (hostPath /var/log mounted at /nvsentinel/var/log) read. The switch is kept
+in cluster.json: a later `up` without it keeps the bridge running; `down` stops it.
+
+Image-mode pods (podrunner.py) are configured by the *.json files in <state>/image-maps/
+(LOCALCLUSTER_IMAGE_MAPS in `env`); they need Debian's iproute2, journals need
+systemd-journal-remote: tools/local-cluster installs both through tools/debian-packages.sh.
 
 Both `up` and `down` are idempotent: `up` on a healthy cluster only converges the node set, `up`
 on a half-started one restarts it cleanly, `down` with nothing running succeeds. Every process
@@ -32,7 +49,8 @@ import uuid
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
-import pki  # noqa: E402  (sibling module, found through the path above)
+import pki  # noqa: E402  (sibling modules, found through the path above)
+from podns import proc_start_time  # noqa: E402
 
 HOST = "127.0.0.1"
 SERVICE_CIDR = "127.96.0.0/16"      # only numbers: nothing ever connects to a ClusterIP here
@@ -40,7 +58,8 @@ KWOK_FALLBACK_POD_CIDR = "127.127.0.0/16"
 KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 MANAGED_LABEL = "localcluster.gpu-resilience.io/managed"
 PROCESS_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
-                 "podrunner")
+                 "podrunner", "kmsg-journal")
+OPTIONAL = {"kmsg-journal": "journal"}     # a process that runs only when cluster.json says so
 STATE_ENV = "LOCALCLUSTER_STATE"
 
 
@@ -64,6 +83,8 @@ class Layout:
         self.logs = os.path.join(self.state, "logs")
         self.etcd_data = os.path.join(self.state, "etcd")
         self.runner_state = os.path.join(self.state, "runner")
+        self.image_maps = os.path.join(self.state, "image-maps")
+        self.journal_state = os.path.join(self.state, "journal-bridge")
         self.kubeconfig = os.path.join(self.state, "kubeconfig")
         self.info = os.path.join(self.state, "cluster.json")
         self.ports = {"apiserver": port_base + 443, "etcd": port_base + 379,
@@ -98,15 +119,6 @@ def write_kubeconfig(path, layout, stem):
 
 # --- processes ---------------------------------------------------------------------------------
 
-def _proc_start_time(pid):
-    """Kernel start time of pid (clock ticks since boot), or None: tells a live pid from a reused one."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def _pidfile(layout, name):
     return os.path.join(layout.run, name + ".json")
 
@@ -117,7 +129,7 @@ def running_pid(layout, name):
             rec = json.load(f)
     except (OSError, ValueError):
         return None
-    if _proc_start_time(rec["pid"]) == rec["start"]:
+    if proc_start_time(rec["pid"]) == rec["start"]:
         return rec["pid"]
     return None
 
@@ -131,7 +143,7 @@ def spawn(layout, name, argv):
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 env=env, cwd=layout.state, start_new_session=True)
     with open(_pidfile(layout, name), "w") as f:
-        json.dump({"pid": proc.pid, "start": _proc_start_time(proc.pid), "argv": argv}, f)
+        json.dump({"pid": proc.pid, "start": proc_start_time(proc.pid), "argv": argv}, f)
     return proc.pid
 
 
@@ -142,11 +154,12 @@ def _alive(pid):
         return False
     except PermissionError:
         return True
-    # A zombie child of ours still answers kill(0); reap it if it is ours.
+    # A zombie still answers kill(0): reap it if it is ours; one that init has yet to reap (it
+    # may take seconds to) has ended all the same.
     with contextlib.suppress(ChildProcessError):
         if os.waitpid(pid, os.WNOHANG)[0] == pid:
             return False
-    return True
+    return proc_start_time(pid) is not None
 
 
 def terminate(pids, grace):
@@ -330,8 +343,18 @@ def commands(layout, bin_dir, stages_file):
         "podrunner": [
             sys.executable, os.path.join(HERE, "podrunner.py"), "--kubeconfig=" + layout.kubeconfig,
             "--state-dir=" + layout.runner_state, "--api-host=" + HOST,
-            "--api-port=%d" % p["apiserver"], "--ca-file=%s/ca.crt" % pk],
+            "--api-port=%d" % p["apiserver"], "--ca-file=%s/ca.crt" % pk,
+            "--image-maps=" + layout.image_maps],
+        "kmsg-journal": [
+            sys.executable, os.path.join(HERE, "kmsg_journal.py"),
+            "--nodes-dir=" + os.path.join(layout.runner_state, "nodes"),
+            "--state-dir=" + layout.journal_state],
     }
+
+
+def wanted(options):
+    """The processes a cluster with these options (cluster.json's) runs, in start order."""
+    return [name for name in PROCESS_ORDER if name not in OPTIONAL or options.get(OPTIONAL[name])]
 
 
 # --- nodes -------------------------------------------------------------------------------------
@@ -396,9 +419,27 @@ def node_gpus(node_name, count):
     return [(pci, minor, "GPU-" + u) for pci, minor, u in gpus]
 
 
+def machine_id(node_name):
+    """A simulated node's /etc/machine-id: 32 hex digits, stable for the node's name."""
+    return uuid.uuid5(uuid.NAMESPACE_DNS, node_name + ".machine-id").hex
+
+
 def write_node_hosts(layout, args):
-    """Give each simulated GPU node the driver's proc files in its host root (the runner's hostPath)."""
+    """Give each simulated node its identity in its host root (the runner's hostPath root):
+    /etc/machine-id, and /proc/sys/kernel/random/boot_id, written once per cluster (the node's
+    boot); GPU nodes also get the driver's proc files of their GPUs."""
     model = args.gpu_product.replace("-", " ")
+    for node in desired_nodes(args):
+        name = node["metadata"]["name"]
+        host = os.path.join(layout.runner_state, "nodes", name, "host")
+        os.makedirs(os.path.join(host, "etc"), exist_ok=True)
+        with open(os.path.join(host, "etc", "machine-id"), "w") as f:
+            f.write(machine_id(name) + "\n")
+        boot_id = os.path.join(host, "proc", "sys", "kernel", "random", "boot_id")
+        if not os.path.exists(boot_id):
+            os.makedirs(os.path.dirname(boot_id), exist_ok=True)
+            with open(boot_id, "w") as f:
+                f.write(str(uuid.uuid4()) + "\n")
     for i in range(args.nodes):
         name = "gpu-node-%d" % i
         gpus_dir = os.path.join(layout.runner_state, "nodes", name, "host", "proc", "driver", "nvidia", "gpus")
@@ -465,13 +506,38 @@ def healthy(layout):
             and http_ok(layout.server + "/readyz", _ssl_context(layout)))
 
 
-def respawn_missing(layout, bin_dir, stages_file):
-    """Restart controllers, KWOK or the runner that died, keeping the cluster's state."""
+def read_info(layout):
+    try:
+        with open(layout.info) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def write_info(layout, info):
+    tmp = layout.info + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(info, f, indent=2)
+    os.replace(tmp, layout.info)
+
+
+def respawn_missing(layout, bin_dir, stages_file, options):
+    """Restart controllers, KWOK, the runner or the journal bridge that died (or that an option
+    now asks for), keeping the cluster's state."""
     cmds = commands(layout, bin_dir, stages_file)
-    for name in PROCESS_ORDER:
+    for name in wanted(options):
         if name not in CORE and not running_pid(layout, name):
-            log("restarting %s (not running)" % name)
+            log("starting %s (not running)" % name)
             spawn(layout, name, cmds[name])
+
+
+def install_packages(journal):
+    """Debian packages of the simulated node runtime: iproute2 for image-mode pods' network
+    namespaces, systemd-journal-remote for the node journals."""
+    packages = ["iproute2"] + (["systemd-journal-remote"] if journal else [])
+    result = subprocess.run([os.path.join(ROOT, "tools", "debian-packages.sh"), *packages], check=False)
+    if result.returncode != 0:
+        raise ClusterError("could not install the Debian packages %s" % " ".join(packages))
 
 
 def cmd_up(layout, args):
@@ -480,9 +546,13 @@ def cmd_up(layout, args):
     for b in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"):
         if not os.access(os.path.join(bin_dir, b), os.X_OK):
             raise ClusterError("missing %s in %s: run tools/localcluster/build-binaries.sh" % (b, bin_dir))
+    # An option once given stays: `up` without --journal does not stop a running bridge.
+    options = {"journal": bool(args.journal or read_info(layout).get("journal"))}
+    install_packages(options["journal"])
     if healthy(layout):
         log("already running at %s" % layout.server)
-        respawn_missing(layout, bin_dir, stages_file)
+        write_info(layout, {**read_info(layout), **options})
+        respawn_missing(layout, bin_dir, stages_file, options)
     else:
         if os.path.exists(layout.state):
             log("cleaning up a partial or stopped cluster in %s" % layout.state)
@@ -492,13 +562,13 @@ def cmd_up(layout, args):
         if busy:
             raise ClusterError("ports %s on %s are in use; stop whatever holds them or set "
                                "LOCALCLUSTER_PORT_BASE" % (busy, HOST))
-        start(layout, bin_dir, stages_file)
+        start(layout, bin_dir, stages_file, options)
     write_node_hosts(layout, args)
     converge_nodes(layout, args)
     print(layout.kubeconfig)
 
 
-def start(layout, bin_dir, stages_file):
+def start(layout, bin_dir, stages_file, options):
     os.makedirs(layout.state, mode=0o700, exist_ok=True)
     service_ip = SERVICE_CIDR.split("/", maxsplit=1)[0].rsplit(".", 1)[0] + ".1"
     pki.ensure_pki(layout.pki, [HOST, service_ip],
@@ -517,7 +587,7 @@ def start(layout, bin_dir, stages_file):
         ctx = _ssl_context(layout)
         wait_for("kube-apiserver", lambda: http_ok(layout.server + "/readyz", ctx), 90, layout,
                  "kube-apiserver")
-        for name in ("kube-controller-manager", "kube-scheduler", "kwok", "podrunner"):
+        for name in (n for n in wanted(options) if n not in CORE):
             spawn(layout, name, cmds[name])
         wait_for("kube-controller-manager", lambda: http_ok(
             "https://%s:%d/healthz" % (HOST, layout.ports["controller-manager"]), _insecure()),
@@ -528,9 +598,10 @@ def start(layout, bin_dir, stages_file):
     except BaseException:
         stop_all(layout)
         raise
-    with open(layout.info, "w") as f:
-        json.dump({"server": layout.server, "kubeconfig": layout.kubeconfig, "bin_dir": bin_dir,
-                   "ports": layout.ports, "runner_state": layout.runner_state}, f, indent=2)
+    os.makedirs(layout.image_maps, exist_ok=True)
+    write_info(layout, {"server": layout.server, "kubeconfig": layout.kubeconfig, "bin_dir": bin_dir,
+                        "ports": layout.ports, "runner_state": layout.runner_state,
+                        "image_maps": layout.image_maps, **options})
     log("control plane up in %.1fs at %s" % (time.monotonic() - t0, layout.server))
 
 
@@ -555,7 +626,7 @@ def cmd_down(layout, args):
 
 
 def cmd_status(layout, args):
-    procs = {name: running_pid(layout, name) for name in PROCESS_ORDER}
+    procs = {name: running_pid(layout, name) for name in wanted(read_info(layout))}
     up = healthy(layout) and all(procs.values())
     print(json.dumps({"running": up, "server": layout.server, "kubeconfig": layout.kubeconfig,
                       "processes": procs}, indent=2))
@@ -564,8 +635,9 @@ def cmd_status(layout, args):
 
 
 def cmd_env(layout, args):
-    print("export KUBECONFIG=%s K8S_AUTH_KUBECONFIG=%s LOCALCLUSTER_DIR=%s LOCALCLUSTER_RUNNER_STATE=%s"
-          % (layout.kubeconfig, layout.kubeconfig, layout.state, layout.runner_state))
+    print("export KUBECONFIG=%s K8S_AUTH_KUBECONFIG=%s LOCALCLUSTER_DIR=%s LOCALCLUSTER_RUNNER_STATE=%s "
+          "LOCALCLUSTER_IMAGE_MAPS=%s"
+          % (layout.kubeconfig, layout.kubeconfig, layout.state, layout.runner_state, layout.image_maps))
 
 
 def cmd_restart_runner(layout, args):
@@ -595,6 +667,9 @@ def main(argv=None):
     up.add_argument("--instance-type", default="p5.48xlarge")
     up.add_argument("--gpu-product", default="NVIDIA-H100-80GB-HBM3")
     up.add_argument("--cpu-instance-type", default="m7i.4xlarge")
+    up.add_argument("--journal", action="store_true",
+                    default=os.environ.get("LOCALCLUSTER_JOURNAL", "") in ("1", "true"),
+                    help="a systemd journal per node, fed from its /dev/kmsg (kmsg_journal.py)")
     for name in ("down", "status", "env", "restart-runner"):
         sub.add_parser(name)
     args = parser.parse_args(argv)

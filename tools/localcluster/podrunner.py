@@ -1,28 +1,84 @@
-"""Local pod runner: a small kubelet for our own programs on KWOK-simulated nodes.
+"""Local pod runner: a small kubelet for programs on KWOK-simulated nodes.
 
-KWOK marks pods on its nodes Running and gives them a 127.x IP, but runs nothing. For pods that opt
-in with the label local-runner.gpu-resilience.io/run=true, this runner starts each container's
-`command` + `args` as a local process, with the environment, files and restart behaviour a kubelet
-would give it, and stops it when the pod goes away:
+KWOK marks pods on its nodes Running and gives them a 127.x IP, but runs nothing. This runner
+starts the containers of two kinds of pods as local processes, with the environment, files and
+restart behaviour a kubelet would give them, and stops them when the pod goes away:
 
-    podrunner.py --kubeconfig K --state-dir D --api-host 127.0.0.1 --api-port P --ca-file CA
+    podrunner.py --kubeconfig K --state-dir D --api-host 127.0.0.1 --api-port P --ca-file CA \
+                 [--image-maps DIR]
 
-There are no images: a container must name its program in `command` (e.g. python3 /app/server.py),
-and volumes are materialised as host directories under D, so every container path that a program
-sees in its argv, env or workingDir is rewritten to the matching host path. Programs reach the API
-server on 127.0.0.1:P (KUBERNETES_SERVICE_HOST/PORT), never a ClusterIP (only a number here).
+Host-mode pods (our own programs) opt in with the label local-runner.gpu-resilience.io/run=true.
+There are no images: each container must name its program in `command` (e.g. python3
+/app/server.py), and runs in the host's namespaces. Volumes are materialised as host directories
+under D, so every container path that a program sees in its argv, env or workingDir is rewritten to
+the matching host path. Programs reach the API server on 127.0.0.1:P.
+
+Image-mode pods (third-party programs such as NVIDIA NVSentinel's, deployed by their own charts)
+need no label: a pod on a simulated node runs here when one of its containers' images (init
+containers included) is in the image map. Every container of such a pod must then have a mapped
+image; one that has not fails the pod with a message naming the image (kubelet's ErrImagePull).
+The label wins: a labelled pod runs in host mode whatever its images.
+
+The image map is the merge of every *.json file in DIR (default `<cluster state>/image-maps/`,
+exported by `tools/local-cluster env` as LOCALCLUSTER_IMAGE_MAPS), so that several tools each drop
+their own file. Files are read again when they change; a pod keeps the entry it started with.
+
+    {
+      "images": {
+        "ghcr.io/nvidia/nvsentinel/syslog-health-monitor": {
+          "entrypoint": ["/root/.cache/.../syslog-health-monitor"],   the image's ENTRYPOINT
+          "cmd": [],                                    its CMD (optional, default [])
+          "env": {"NAME": "value"},                     its ENV (optional)
+          "workingDir": "/"                             its WORKDIR (optional, default /)
+        },
+        "docker.io/library/busybox": {"entrypoint": [], "cmd": ["sh"]}
+      },
+      "endpoints": ["127.0.0.1:5432"]
+    }
+
+- Keys are image repositories without tag or digest, normalised as container runtimes do
+  (`busybox` is `docker.io/library/busybox`); a pod's `image: ghcr.io/x/y:v1.2@sha256:...`
+  matches the key `ghcr.io/x/y`. Two files mapping one repository differently are an error,
+  logged, and that repository counts as unmapped until it is resolved.
+- The argv is kubelet's: `command` replaces the entrypoint (and drops cmd), `args` replaces cmd;
+  $(VAR) references in command and args are expanded, the image's entrypoint and cmd are taken
+  literally. argv[0] is looked up in the container's PATH (image env, then the container's env).
+  Programs must exist on this machine: the map names host binaries (built from source).
+- The environment: image env, then the container's env and envFrom (the container wins), plus
+  KUBERNETES_SERVICE_HOST=127.0.0.1 and KUBERNETES_SERVICE_PORT=P, HOSTNAME=<pod name>.
+- `endpoints` are TCP services on the host's loopback (PostgreSQL, ...) that image-mode pods must
+  reach: each is reachable from inside every image-mode pod at the same address and port as on the
+  host (the API server on 127.0.0.1:P always is). Endpoints apply to pods started after the change.
+
+An image-mode container runs like a container of a real node (tools/localcluster/podns.py):
+- its own mount namespace, propagation private (nothing shows in the host's mount table), where
+  every volumeMount is bind-mounted at its own mountPath (configMap, secret, projected with the
+  service-account token, downwardAPI, emptyDir, hostPath from the node's host root below), subPath
+  and readOnly honoured; the rest of the host's filesystem stays visible as it is (the mapped
+  binaries live there), except the runner's state directory, hidden, so a container never sees
+  another node's host root or another pod's volumes. The node's boot id replaces
+  /proc/sys/kernel/random/boot_id. Paths in argv and env are not rewritten.
+- the network and UTS namespaces of its pod (shared by the pod's containers, as in Kubernetes):
+  `lo` up, the pod's IP (status.podIP) on it, hostname = pod name. A sandbox process per pod holds
+  them and runs the forwarders (tools/localcluster/forwarder.py): inside, 127.0.0.1:P and each
+  endpoint relay to the host; outside, each TCP containerPort of the pod is reachable on the host
+  at <pod IP>:<port>, so two pods of one DaemonSet both listen on their fixed port. A pod with
+  hostNetwork: true gets no sandbox and uses the host's network.
+- runAsUser, capabilities and other securityContext settings are not applied (processes run as the
+  runner's user); probes are not run (KWOK reports the pods Ready).
 
 Layout of D:
     pods/index.json                            each pod's containers: pid, pgid, restarts, exit code
     pods/<ns>_<name>_<uid>/<container>.log     stdout+stderr of each container (appended)
+    pods/<ns>_<name>_<uid>/sandbox.log         the image-mode pod's sandbox (forwarders)
     pods/<ns>_<name>_<uid>/volumes/<volume>/   configMap, secret, projected, downwardAPI, emptyDir
-    pods/<ns>_<name>_<uid>/scratch/            default working directory
+    pods/<ns>_<name>_<uid>/scratch/            default working directory (host mode)
     nodes/<node>/host/<path>                   each simulated node's hostPath root
 
 The file reads top-down: pure functions (quantities, $(VAR) expansion, downward API, environment,
-volume contents, mount table and path mapping, restart backoff), then the I/O around them (files,
-API watches, processes) and the event loop that ties them together. One thread owns all state: API
-watches and process waiters only post events to its queue.
+volume contents, mount table and path mapping, image map, restart backoff), then the I/O around
+them (files, API watches, processes) and the event loop that ties them together. One thread owns
+all state: API watches and process waiters only post events to its queue.
 """
 import argparse
 import base64
@@ -46,6 +102,12 @@ import traceback
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import forwarder  # noqa: E402  (sibling modules, found through the path above)
+from podns import proc_start_time  # noqa: E402
+
+PODNS = os.path.join(HERE, "podns.py")
 RUN_LABEL = "local-runner.gpu-resilience.io/run"
 FAKE_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 SA_MOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -57,6 +119,9 @@ BACKOFF_RESET_AFTER = 20.0  # a container that ran this long starts its backoff 
 MAX_GRACE = 10.0
 CONFIG_RETRY = 2.0          # retry of pods waiting for a missing ConfigMap, Secret or token
 HOSTPATH_FILE_TYPES = {"File", "FileOrCreate", "CharDevice", "BlockDevice", "Socket"}
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"   # a node's own, from its host root (image mode)
+IMAGE_ENTRY_KEYS = {"entrypoint": list, "cmd": list, "env": dict, "workingDir": str}
+SANDBOX = "(sandbox)"       # the sandbox's name among a pod's processes: no container's name
 
 
 class ConfigError(Exception):
@@ -387,10 +452,11 @@ def host_path_is_file(host_path):
 
 # --- mount table and path mapping --------------------------------------------------------------
 
-def mount_table(container, volume_paths, env):
-    """(container mountPath, host path) pairs, longest mountPath first so the most specific
-    mount wins. subPath and subPathExpr ($(VAR) from the container's env) select inside a volume."""
-    table = []
+def volume_mounts(container, volume_paths, env):
+    """The container's volumeMounts in spec order, as podns.py takes them: {"path": mountPath,
+    "source": host path, "readOnly": bool}. subPath and subPathExpr ($(VAR) from the container's
+    env) select inside a volume."""
+    mounts = []
     for mount in container.get("volumeMounts") or []:
         if mount["name"] not in volume_paths:
             raise PodSpecError("volumeMount %r names no volume of the pod" % mount["name"])
@@ -398,7 +464,16 @@ def mount_table(container, volume_paths, env):
         sub = mount.get("subPath") or expand(mount.get("subPathExpr", ""), env)
         if sub:
             host = os.path.join(host, safe_relpath(sub))
-        table.append((mount["mountPath"].rstrip("/") or "/", host))
+        mounts.append({"path": mount["mountPath"], "source": host,
+                       "readOnly": bool(mount.get("readOnly"))})
+    return mounts
+
+
+def mount_table(container, volume_paths, env):
+    """(container mountPath, host path) pairs for host mode's path mapping, longest mountPath
+    first so the most specific mount wins."""
+    table = [(m["path"].rstrip("/") or "/", m["source"])
+             for m in volume_mounts(container, volume_paths, env)]
     return sorted(table, key=lambda entry: len(entry[0]), reverse=True)
 
 
@@ -457,6 +532,148 @@ def process_spec(container, base, own_env, table, scratch):
     return ProcessSpec(argv, env, cwd)
 
 
+# --- image map (image-mode pods) ---------------------------------------------------------------
+
+def image_repository(image):
+    """An image reference's repository, without tag or digest, normalised as container runtimes
+    do: `busybox:1.36` is docker.io/library/busybox, `bitnami/x` is docker.io/bitnami/x, and a
+    first component with a "." or ":" (or `localhost`) names a registry."""
+    name = image.split("@", 1)[0]
+    if name.rfind(":") > name.rfind("/"):
+        name = name[:name.rfind(":")]
+    first, sep, _rest = name.partition("/")
+    if not sep:
+        return "docker.io/library/" + name
+    if first == "index.docker.io":
+        return "docker.io/" + name[len(first) + 1:]
+    if "." not in first and ":" not in first and first != "localhost":
+        return "docker.io/" + name
+    return name
+
+
+def check_image_entry(entry):
+    """The entry as the runner uses it (every key present); ValueError names what is wrong."""
+    if not isinstance(entry, dict):
+        raise ValueError("the entry is not an object")
+    unknown = sorted(set(entry) - set(IMAGE_ENTRY_KEYS))
+    if unknown:
+        raise ValueError("unknown keys %s (known: %s)" % (unknown, sorted(IMAGE_ENTRY_KEYS)))
+    for key, kind in IMAGE_ENTRY_KEYS.items():
+        if key in entry and not isinstance(entry[key], kind):
+            raise ValueError("%s must be a JSON %s" % (key, "array" if kind is list else kind.__name__))
+    if not all(isinstance(a, str) for a in entry.get("entrypoint", []) + entry.get("cmd", [])):
+        raise ValueError("entrypoint and cmd must hold strings")
+    if not all(isinstance(v, str) for v in entry.get("env", {}).values()):
+        raise ValueError("env values must be strings")
+    if not entry.get("workingDir", "/").startswith("/"):
+        raise ValueError("workingDir must be absolute")
+    return {"entrypoint": list(entry.get("entrypoint", [])), "cmd": list(entry.get("cmd", [])),
+            "env": dict(entry.get("env", {})), "workingDir": entry.get("workingDir", "/")}
+
+
+@dataclass
+class ImageMap:
+    images: dict = field(default_factory=dict)      # repository -> checked entry
+    conflicts: dict = field(default_factory=dict)   # repository -> why it counts as unmapped
+    endpoints: list = field(default_factory=list)   # "127.0.0.1:5432", in file order
+    problems: list = field(default_factory=list)    # what the runner logs
+
+
+def merge_image_maps(documents):
+    """One ImageMap from the parsed files [(file name, JSON value)], taken in name order. A
+    repository that two files map differently is a conflict; a bad entry or endpoint is left out;
+    either is reported in `problems`."""
+    merged, sources = ImageMap(), {}
+    for name, doc in sorted(documents, key=lambda item: item[0]):
+        if not isinstance(doc, dict) or set(doc) - {"images", "endpoints"}:
+            merged.problems.append("%s: expected an object with \"images\" and \"endpoints\"" % name)
+            continue
+        for image, entry in (doc.get("images") or {}).items():
+            repository = image_repository(image)
+            try:
+                entry = check_image_entry(entry)
+            except ValueError as e:
+                merged.problems.append("%s: image %s: %s" % (name, image, e))
+                continue
+            if repository in merged.images and merged.images[repository] != entry:
+                merged.conflicts[repository] = "mapped differently by %s and %s" % (sources[repository], name)
+                merged.problems.append("%s: image %s %s" % (name, repository, merged.conflicts[repository]))
+            merged.images.setdefault(repository, entry)
+            sources.setdefault(repository, name)
+        for endpoint in doc.get("endpoints") or []:
+            try:
+                forwarder.parse_endpoint(endpoint)
+            except ValueError as e:
+                merged.problems.append("%s: %s" % (name, e))
+                continue
+            if endpoint not in merged.endpoints:
+                merged.endpoints.append(endpoint)
+    for repository in merged.conflicts:
+        merged.images.pop(repository, None)
+    return merged
+
+
+def all_containers(pod):
+    spec = pod.get("spec", {})
+    return (spec.get("initContainers") or []) + (spec.get("containers") or [])
+
+
+def pod_mode(pod, image_map):
+    """"host" for a pod labelled to run our own programs, "image" for a pod with a container
+    whose image is in the map (or disputed in it), None for a pod this runner leaves alone."""
+    if (pod["metadata"].get("labels") or {}).get(RUN_LABEL) == "true":
+        return "host"
+    for container in all_containers(pod):
+        repository = image_repository(container.get("image") or "")
+        if repository in image_map.images or repository in image_map.conflicts:
+            return "image"
+    return None
+
+
+def image_entries(pod, image_map):
+    """Container name -> image entry for an image-mode pod; PodSpecError (the pod fails, like
+    kubelet's ErrImagePull) naming the first container whose image the map does not give."""
+    entries = {}
+    for container in all_containers(pod):
+        image = container.get("image") or ""
+        repository = image_repository(image)
+        if repository not in image_map.images:
+            why = image_map.conflicts.get(repository, "not in the image map")
+            raise PodSpecError("container %r: image %s (%s): %s; add it to a file in the image map "
+                               "directory" % (container["name"], image, repository, why))
+        entries[container["name"]] = image_map.images[repository]
+    return entries
+
+
+def image_argv(container, entry, env):
+    """The argv kubelet gives a container of an image: `command` replaces the ENTRYPOINT and
+    drops the CMD, `args` replaces the CMD; only command and args are $(VAR)-expanded."""
+    command = [expand(arg, env) for arg in container.get("command") or []]
+    args = [expand(arg, env) for arg in container.get("args") or []]
+    if command:
+        argv = command + args
+    else:
+        argv = entry["entrypoint"] + (args if container.get("args") else entry["cmd"])
+    if not argv:
+        raise PodSpecError("container %r has no command and its image entry neither an entrypoint "
+                           "nor a cmd" % container["name"])
+    return argv
+
+
+def image_process_spec(container, entry, base, own_env):
+    """argv, environment and working directory of an image-mode container, in container terms
+    (its mounts put every path where the program expects it: nothing is rewritten)."""
+    env = {**base, **entry["env"], **own_env, STATE_ENV: base[STATE_ENV]}
+    argv = image_argv(container, entry, {**base, **own_env})
+    return ProcessSpec(argv, env, container.get("workingDir") or entry["workingDir"])
+
+
+def container_ports(pod):
+    """The pod's TCP containerPorts (sidecars and init containers included), sorted."""
+    return sorted({port["containerPort"] for c in all_containers(pod) for port in c.get("ports") or []
+                   if port.get("protocol", "TCP") == "TCP" and port.get("containerPort")})
+
+
 # --- restart bookkeeping -----------------------------------------------------------------------
 
 def restarts_after_exit(role, restart_policy, exit_code):
@@ -500,10 +717,12 @@ def pod_key(pod):
     return "%s_%s_%s" % (meta["namespace"], meta["name"], meta["uid"])
 
 
-def wants_to_run(pod, fake_nodes):
-    """A pod runs here once it is on a simulated node, has its IP and is not going away."""
+def wants_to_run(pod, fake_nodes, image_map=None, running_mode=None):
+    """A pod runs here once it is on a simulated node, has its IP and is not going away, if it
+    opts in (pod_mode). An image-mode pod that already runs (`running_mode`) goes on when the map
+    loses its image, as a running container outlives its image on a node."""
     meta, spec, status = pod["metadata"], pod.get("spec", {}), pod.get("status", {})
-    return ((meta.get("labels") or {}).get(RUN_LABEL) == "true"
+    return ((running_mode == "image" or pod_mode(pod, image_map or ImageMap()) is not None)
             and spec.get("nodeName") in fake_nodes
             and bool(status.get("podIP"))
             and not meta.get("deletionTimestamp")
@@ -746,27 +965,55 @@ class Informer(threading.Thread):
 
 # --- processes ---------------------------------------------------------------------------------
 
-def proc_start_time(pid):
-    """Kernel start time of a live pid (None if gone or a zombie): tells a recorded process from
-    a later one that reused its pid."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return None if fields[0] == "Z" else int(fields[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def signal_group(pgid, sig):
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
 
 
-def spawn(spec, log_path):
+def spawn(spec, log_path, pass_fds=()):
     """Start a container's process in its own session (so its whole group can be signalled)."""
     with open(log_path, "ab") as out:
         return subprocess.Popen(spec.argv, env=spec.env, cwd=spec.cwd, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                pass_fds=pass_fds)
+
+
+def wait_for_ready(read_fd, post):
+    """Reader thread body for a sandbox's ready pipe: posts once it says ready (EOF: it died)."""
+    with os.fdopen(read_fd, "rb") as pipe:
+        if pipe.readline() == b"ready\n":
+            post()
+
+
+def read_image_maps(directory):
+    """[(file name, parsed JSON)] of the directory's *.json files and the problems reading them;
+    a missing directory is an empty map."""
+    documents, problems = [], []
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".json"))
+    except FileNotFoundError:
+        names = []
+    for name in names:
+        try:
+            with open(os.path.join(directory, name), "rb") as f:
+                documents.append((name, json.load(f)))
+        except (OSError, ValueError) as e:
+            problems.append("%s: %s" % (name, e))
+    return documents, problems
+
+
+def image_maps_signature(directory):
+    """What changes when any map file is written, added or removed (one stat per file)."""
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".json"))
+    except FileNotFoundError:
+        return ()
+    signature = []
+    for name in names:
+        with contextlib.suppress(OSError):
+            st = os.stat(os.path.join(directory, name))
+            signature.append((name, st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(signature)
 
 
 def wait_for_exit(proc, pgid, post):
@@ -784,7 +1031,7 @@ def stale_processes(state_dir, index):
     own = {os.getpid(), os.getpgrp()}
     found = set()
     for pod in (index.get("pods") or {}).values():
-        for c in (pod.get("containers") or {}).values():
+        for c in list((pod.get("containers") or {}).values()) + [pod.get("sandbox") or {}]:
             if c.get("pid") and c.get("startTime") and proc_start_time(c["pid"]) == c["startTime"]:
                 found.add((c["pid"], c.get("pgid") or c["pid"]))
     marker = ("%s=%s" % (STATE_ENV, state_dir)).encode()
@@ -831,6 +1078,7 @@ class Container:
     done: bool = False            # finished for good (init succeeded, main not restarting)
     due: float = 0.0              # monotonic time of the next (re)start
     backoff: Backoff = field(default_factory=Backoff)
+    ready: bool = False           # the sandbox only: its namespaces and forwarders are up
 
 
 @dataclass
@@ -846,6 +1094,9 @@ class Pod:
     kill_at: float = None
     tokens: dict = field(default_factory=dict)   # (audience, seconds) -> (token, refresh_at)
     refs: set = field(default_factory=set)
+    mode: str = "host"            # pod_mode: "host" or "image"
+    images: dict = None           # image mode: container name -> image entry, fixed at _prepare
+    sandbox: Container = None     # image mode without hostNetwork: the namespaces' holder
 
     @property
     def uid(self):
@@ -858,6 +1109,11 @@ class Pod:
     def running(self):
         return [c for c in self.containers.values() if c.proc is not None]
 
+    def processes(self):
+        """Running containers and the sandbox: what must end before the pod is forgotten."""
+        sandbox = [self.sandbox] if self.sandbox and self.sandbox.proc else []
+        return self.running() + sandbox
+
 
 def stopped_entry(entry):
     """An index entry whose processes are gone (stopped, or killed as a predecessor's strays)."""
@@ -866,7 +1122,7 @@ def stopped_entry(entry):
     return {**entry, "phase": "stopped", "containers": containers}
 
 
-def new_pod(obj, pods_dir, previous=None):
+def new_pod(obj, pods_dir, previous=None, mode="host"):
     """Bookkeeping for a pod to run. `previous` is its entry in a predecessor's index: containers
     that had finished for good stay finished (a runner restart must not repeat a one-shot job),
     the others count a restart."""
@@ -882,7 +1138,11 @@ def new_pod(obj, pods_dir, previous=None):
             c = containers[name]
             c.restarts, c.started = old.get("restarts", 0), old.get("started")
             c.done, c.exit_code = old.get("done", False), old.get("exitCode")
-    return Pod(obj, os.path.join(pods_dir, pod_key(obj)), containers, refs=referenced_objects(obj))
+    sandbox = None
+    if mode == "image" and not spec.get("hostNetwork"):
+        sandbox = Container(SANDBOX, {}, "sandbox")
+    return Pod(obj, os.path.join(pods_dir, pod_key(obj)), containers, refs=referenced_objects(obj),
+               mode=mode, sandbox=sandbox)
 
 
 class Runner:
@@ -901,8 +1161,11 @@ class Runner:
         self._last_index = None
         self.previous = {}                  # uid -> index entry of a predecessor runner
         self.path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
-        params = {"Pod": {"label_selector": RUN_LABEL + "=true"}}
-        self.informers = {kind: Informer(api, kind, self.events, **params.get(kind, {}))
+        self.image_maps_dir = args.image_maps
+        self.image_map = ImageMap()
+        self._maps_signature = None
+        # Every pod: image-mode pods carry no label of ours (wants_to_run picks).
+        self.informers = {kind: Informer(api, kind, self.events)
                           for kind in ("Node", "ConfigMap", "Secret", "Pod")}
 
     # -- lookups used by the pure functions
@@ -917,6 +1180,24 @@ class Runner:
     def allocatable(self, pod):
         node = self.fake_nodes().get(pod.obj["spec"]["nodeName"]) or {}
         return (node.get("status") or {}).get("allocatable")
+
+    def _reload_image_maps(self):
+        """Read the image map again when a file in its directory changed. Pods that failed for an
+        image the map lacked are forgotten, so that the next reconcile takes them up again."""
+        if not self.image_maps_dir:
+            return
+        signature = image_maps_signature(self.image_maps_dir)
+        if signature == self._maps_signature:
+            return
+        self._maps_signature = signature
+        documents, problems = read_image_maps(self.image_maps_dir)
+        self.image_map = merge_image_maps(documents)
+        self.image_map.problems[:0] = problems
+        log("image-map.load", dir=self.image_maps_dir, images=sorted(self.image_map.images),
+            endpoints=self.image_map.endpoints, problems=self.image_map.problems)
+        for uid, pod in list(self.pods.items()):
+            if pod.images is None and pod.mode == "image" and pod.phase == "failed" and not pod.processes():
+                del self.pods[uid]
 
     # -- main loop
     def run(self):
@@ -937,6 +1218,7 @@ class Runner:
             while not (self.stopping and not self.pods):
                 self._handle_events(self._next_timeout())
                 if not self.stopping:
+                    self._reload_image_maps()
                     self._reconcile()
                 now = time.monotonic()
                 for pod in list(self.pods.values()):
@@ -946,7 +1228,7 @@ class Runner:
             # A bug must not leave orphans that keep serving stale pods.
             log("runner.crash", error=traceback.format_exc())
             for pod in self.pods.values():
-                for c in pod.running():
+                for c in pod.processes():
                     signal_group(c.pgid, signal.SIGKILL)
             raise
         log("runner.stopped")
@@ -969,6 +1251,8 @@ class Runner:
                 due.append(pod.retry_at)
                 due += [refresh_at for _token, refresh_at in pod.tokens.values()]
                 due += [c.due for c in pod.containers.values() if c.proc is None and not c.done]
+                if pod.sandbox and pod.sandbox.proc is None:
+                    due.append(pod.sandbox.due)
         return min(t for t in due if t > now) - now
 
     def _handle_events(self, timeout):
@@ -989,6 +1273,11 @@ class Runner:
         elif event[0] == "exited":
             _kind, uid, name, proc, code = event
             self._on_exit(uid, name, proc, code)
+        elif event[0] == "sandbox-ready":
+            pod = self.pods.get(event[1])
+            if pod and pod.sandbox and pod.sandbox.proc is event[2]:
+                pod.sandbox.ready = True
+                log("sandbox.ready", pod=pod.key, pid=event[2].pid)
         elif event[0] == "changed" and event[1] in ("ConfigMap", "Secret"):
             kind, (namespace, name) = event[1], event[2]
             for pod in self.pods.values():
@@ -1005,7 +1294,8 @@ class Runner:
         nodes = self.fake_nodes()
         wanted = {}
         for obj in self.informers["Pod"].items():
-            if wants_to_run(obj, nodes):
+            running = self.pods.get(obj["metadata"]["uid"])
+            if wants_to_run(obj, nodes, self.image_map, running.mode if running else None):
                 wanted[obj["metadata"]["uid"]] = obj
         for uid, pod in list(self.pods.items()):
             if uid not in wanted:
@@ -1015,9 +1305,10 @@ class Runner:
                 pod.volumes_dirty = True
         for uid, obj in wanted.items():
             if uid not in self.pods:
-                self.pods[uid] = new_pod(obj, self.pods_dir, self.previous.get(uid))
+                mode = pod_mode(obj, self.image_map)
+                self.pods[uid] = new_pod(obj, self.pods_dir, self.previous.get(uid), mode)
                 log("pod.add", pod=pod_key(obj), node=obj["spec"]["nodeName"],
-                    podIP=obj["status"]["podIP"])
+                    podIP=obj["status"]["podIP"], mode=mode)
         for uid, entry in self.previous.items():
             if uid not in wanted:           # deleted while no runner watched
                 pod_dir = os.path.join(self.pods_dir, os.path.basename(entry.get("dir", "")))
@@ -1028,7 +1319,7 @@ class Runner:
         """Move one pod forward: prepare volumes, run init containers in order, keep sidecars
         and main containers running; past a grace period, SIGKILL what still runs."""
         if pod.kill_at is not None and now >= pod.kill_at:
-            for c in pod.running():
+            for c in pod.processes():
                 signal_group(c.pgid, signal.SIGKILL)
             pod.kill_at = None
         if pod.phase not in ("pending", "running") or pod.retry_at > now:
@@ -1039,7 +1330,8 @@ class Runner:
                 self._prepare(pod)
             if pod.volumes_dirty:
                 self._sync_volumes(pod)
-            self._start_due_containers(pod, now)
+            if self._sandbox_ready(pod, now):
+                self._start_due_containers(pod, now)
             pod.message = ""
         except ConfigError as e:
             if pod.message != str(e):
@@ -1079,9 +1371,13 @@ class Runner:
 
     def _prepare(self, pod):
         """Check the pod and create its directories once; _sync_volumes writes the files."""
-        for c in pod.containers.values():
-            command_of(c.spec)          # fail the pod before any of its containers runs
-        for sub in ("volumes", "scratch"):
+        # Fail the pod before any of its containers runs.
+        if pod.mode == "image":
+            pod.images = image_entries(pod.obj, self.image_map)
+        else:
+            for c in pod.containers.values():
+                command_of(c.spec)
+        for sub in ("volumes", "scratch", "rootfs"):
             os.makedirs(os.path.join(pod.dir, sub), mode=0o700, exist_ok=True)
         for volume in pod.obj["spec"].get("volumes") or []:
             path = self._volume_path(pod, volume)
@@ -1132,8 +1428,12 @@ class Runner:
     def _start(self, pod, c):
         base = base_env(pod.obj["metadata"]["name"], self.path, self.args.api_port, self.state_dir)
         own = container_env(pod.obj, c.spec, base, self.lookup, self.allocatable(pod))
-        table = mount_table(c.spec, self._volume_paths(pod), {**base, **own})
-        spec = process_spec(c.spec, base, own, table, os.path.join(pod.dir, "scratch"))
+        if pod.mode == "image":
+            spec, shown = self._image_spec(pod, c, base, own)
+        else:
+            table = mount_table(c.spec, self._volume_paths(pod), {**base, **own})
+            spec = process_spec(c.spec, base, own, table, os.path.join(pod.dir, "scratch"))
+            shown = spec.argv
         if c.started is not None:
             c.restarts += 1
         c.started, c.started_mono = time.time(), time.monotonic()
@@ -1147,36 +1447,119 @@ class Runner:
             return
         c.pgid, c.start_time, c.exit_code = c.proc.pid, proc_start_time(c.proc.pid), None
         log("container.start", pod=pod.key, container=c.name, role=c.role,
-            pid=c.proc.pid, restarts=c.restarts, argv=spec.argv)
+            pid=c.proc.pid, restarts=c.restarts, argv=shown)
         uid, name, proc = pod.uid, c.name, c.proc
         threading.Thread(target=wait_for_exit, name="wait-%d" % proc.pid, daemon=True, args=(
             proc, c.pgid, lambda code: self.events.put(("exited", uid, name, proc, code)))).start()
 
+    def _image_spec(self, pod, c, base, own):
+        """The podns.py exec command that becomes an image-mode container, and the container's
+        own argv (for the log)."""
+        container = image_process_spec(c.spec, pod.images[c.name], base, own)
+        mounts = volume_mounts(c.spec, self._volume_paths(pod), {**base, **own})
+        for mount in mounts:
+            # kubelet creates a missing subPath inside its volume (never outside: safe_relpath).
+            if not os.path.lexists(mount["source"]):
+                try:
+                    os.makedirs(mount["source"], mode=0o755)
+                except OSError as e:
+                    raise ConfigError("subPath of volumeMount %s: %s" % (mount["path"], e)) from None
+        boot_id = host_path_target(self.state_dir, pod.obj["spec"]["nodeName"], BOOT_ID_PATH)
+        if os.path.exists(boot_id):
+            mounts.append({"path": BOOT_ID_PATH, "source": boot_id, "readOnly": True})
+        sandbox = pod.sandbox
+        exec_spec = {
+            "sandbox": {"pid": sandbox.proc.pid, "startTime": sandbox.start_time} if sandbox else None,
+            "mounts": mounts, "hide": [self.state_dir], "staging": os.path.join(pod.dir, "rootfs"),
+            "workingDir": container.cwd, "argv": container.argv}
+        argv = [sys.executable, "-I", "-S", PODNS, "exec", json.dumps(exec_spec)]
+        return ProcessSpec(argv, container.env, "/"), container.argv
+
+    def _sandbox_ready(self, pod, now):
+        """True once the pod's namespaces are up (always, for a pod without a sandbox); starts
+        the sandbox when it is due."""
+        sandbox = pod.sandbox
+        if sandbox is None or sandbox.ready:
+            return True
+        if sandbox.proc is None and sandbox.due <= now:
+            self._start_sandbox(pod)
+        return False
+
+    def _start_sandbox(self, pod):
+        sandbox = pod.sandbox
+        endpoints = ["%s:%d" % (self.args.api_host, self.args.api_port)] + \
+            [e for e in self.image_map.endpoints if e != "%s:%d" % (self.args.api_host, self.args.api_port)]
+        read_fd, write_fd = os.pipe()
+        spec = {"podIP": pod.obj["status"]["podIP"], "hostname": pod.obj["metadata"]["name"],
+                "endpoints": endpoints, "ports": container_ports(pod.obj), "readyFd": write_fd}
+        env = {"PATH": self.path, "LANG": "C.UTF-8", STATE_ENV: self.state_dir}
+        argv = [sys.executable, "-I", "-S", PODNS, "sandbox", json.dumps(spec)]
+        if sandbox.started is not None:
+            sandbox.restarts += 1
+        sandbox.started, sandbox.started_mono = time.time(), time.monotonic()
+        try:
+            sandbox.proc = spawn(ProcessSpec(argv, env, "/"), os.path.join(pod.dir, "sandbox.log"),
+                                 pass_fds=(write_fd,))
+        except OSError as e:
+            os.close(read_fd)
+            log("sandbox.spawn-failed", pod=pod.key, error=str(e))
+            sandbox.due = time.monotonic() + sandbox.backoff.next_delay(0)
+            return
+        finally:
+            os.close(write_fd)
+        sandbox.pgid, sandbox.start_time, sandbox.ready = sandbox.proc.pid, proc_start_time(sandbox.proc.pid), False
+        log("sandbox.start", pod=pod.key, pid=sandbox.proc.pid, podIP=spec["podIP"],
+            endpoints=endpoints, ports=spec["ports"], restarts=sandbox.restarts)
+        uid, proc = pod.uid, sandbox.proc
+        threading.Thread(target=wait_for_ready, name="ready-%d" % proc.pid, daemon=True, args=(
+            read_fd, lambda: self.events.put(("sandbox-ready", uid, proc)))).start()
+        threading.Thread(target=wait_for_exit, name="wait-%d" % proc.pid, daemon=True, args=(
+            proc, sandbox.pgid, lambda code: self.events.put(("exited", uid, SANDBOX, proc, code)))).start()
+
+    @staticmethod
+    def _stop_sandbox(pod):
+        if pod.sandbox and pod.sandbox.proc:
+            signal_group(pod.sandbox.pgid, signal.SIGTERM)
+
     def _on_exit(self, uid, name, proc, code):
         pod = self.pods.get(uid)
-        if pod is None or pod.containers[name].proc is not proc:
+        c = None if pod is None else pod.sandbox if name == SANDBOX else pod.containers.get(name)
+        if c is None or c.proc is not proc:
             return
-        c = pod.containers[name]
         c.proc, c.exit_code = None, code
         ran_for = time.monotonic() - c.started_mono
         log("container.exit", pod=pod.key, container=name, exitCode=code,
             ranFor=round(ran_for, 3))
-        if pod.phase == "stopping":       # stopped by us: not finished, whatever the exit code
-            if not pod.running():
-                self._remove_pod(pod)
+        if name == SANDBOX:
+            c.ready = False
+            if pod.phase in ("pending", "running"):
+                # Its containers lost their network: kill them (they restart as their policy
+                # says, once a new sandbox is up), and start a new sandbox after a backoff.
+                for running in pod.running():
+                    signal_group(running.pgid, signal.SIGKILL)
+                c.due = time.monotonic() + c.backoff.next_delay(ran_for)
+        elif pod.phase == "stopping":     # stopped by us: not finished, whatever the exit code
+            pass
         elif pod.phase in ("pending", "running") and \
                 restarts_after_exit(c.role, pod.obj["spec"].get("restartPolicy", "Always"), code):
             c.due = time.monotonic() + c.backoff.next_delay(ran_for)
         else:
             c.done = True
+        if pod.phase not in ("pending", "running") and not pod.running():
+            self._stop_sandbox(pod)       # as kubelet: the sandbox goes after the containers
+        if pod.phase == "stopping" and not pod.processes():
+            self._remove_pod(pod)
 
     def _terminate(self, pod, phase):
-        """SIGTERM every process of the pod now, SIGKILL after its grace period (see _advance)."""
+        """SIGTERM every container of the pod now (the sandbox once they are gone), SIGKILL what
+        is left after the grace period (see _advance)."""
         pod.phase = phase
         running = pod.running()
         for c in running:
             signal_group(c.pgid, signal.SIGTERM)
-        pod.kill_at = time.monotonic() + grace_seconds(pod.obj) if running else None
+        if not running:
+            self._stop_sandbox(pod)
+        pod.kill_at = time.monotonic() + grace_seconds(pod.obj) if pod.processes() else None
         return running
 
     def _stop_pod(self, pod, reason):
@@ -1186,7 +1569,7 @@ class Runner:
         running = self._terminate(pod, "stopping")
         log("pod.stop", pod=pod.key, reason=reason,
             pids=[c.proc.pid for c in running])
-        if not running:
+        if not pod.processes():
             self._remove_pod(pod)
 
     def _remove_pod(self, pod):
@@ -1223,7 +1606,10 @@ class Runner:
         return {
             "uid": pod.uid, "namespace": meta["namespace"], "name": meta["name"],
             "node": pod.obj["spec"]["nodeName"], "podIP": pod.obj["status"]["podIP"],
-            "phase": pod.phase, "message": pod.message, "dir": pod.dir,
+            "phase": pod.phase, "message": pod.message, "dir": pod.dir, "mode": pod.mode,
+            "sandbox": {"pid": pod.sandbox.proc.pid, "ready": pod.sandbox.ready,
+                        "startTime": pod.sandbox.start_time, "restarts": pod.sandbox.restarts}
+            if pod.sandbox and pod.sandbox.proc else None,
             "containers": {c.name: {
                 "role": c.role, "pid": c.proc.pid if c.proc else None,
                 "pgid": c.pgid if c.proc else None,
@@ -1255,6 +1641,7 @@ def parse_args(argv):
     parser.add_argument("--api-host", default="127.0.0.1")
     parser.add_argument("--api-port", type=int, required=True)
     parser.add_argument("--ca-file", required=True)
+    parser.add_argument("--image-maps", help="directory of image map files (*.json): see above")
     return parser.parse_args(argv)
 
 

@@ -1,4 +1,5 @@
 """Unit tests of the local control plane tool: addresses, node objects, PKI, kubeconfigs."""
+import argparse
 import importlib.util
 import ipaddress
 import json
@@ -38,7 +39,9 @@ def test_every_address_in_every_command_line_is_loopback(layout):
                 net = ipaddress.ip_network(ip + (prefix or ""), strict=False)
                 assert net.subnet_of(LOOPBACK), "%s: %s is not on loopback" % (name, arg)
             assert "0.0.0.0" not in arg and "localhost" not in arg.split("://")[-1], arg
-    assert named == set(cmds)  # every process names its addresses rather than using a default
+    # Every process names its addresses rather than using a default; the journal bridge has none
+    # (it reads and writes files only).
+    assert named == set(cmds) - {"kmsg-journal"}
 
 
 def test_components_bind_explicitly(layout):
@@ -122,7 +125,7 @@ def test_kubeconfig_is_valid_yaml_pointing_at_loopback(layout, tmp_path):
 def test_process_start_time_tells_reused_pids(layout):
     os.makedirs(layout.run)
     with open(os.path.join(layout.run, "etcd.json"), "w") as f:
-        json.dump({"pid": os.getpid(), "start": lc._proc_start_time(os.getpid())}, f)
+        json.dump({"pid": os.getpid(), "start": lc.proc_start_time(os.getpid())}, f)
     assert lc.running_pid(layout, "etcd") == os.getpid()
     with open(os.path.join(layout.run, "etcd.json"), "w") as f:
         json.dump({"pid": os.getpid(), "start": 1}, f)  # same pid, another process's start time
@@ -163,3 +166,33 @@ def test_simulated_gpus_look_like_the_drivers_proc_files(tmp_path):
     assert fields["Device Minor"].strip() == str(gpus[2][1])
     assert fields["GPU UUID"].strip() == gpus[2][2]
     assert len(lc.node_gpus("big", 12)) == 12 and lc.node_gpus("big", 12)[8][0] == "0001:53:00.0"
+
+
+def test_optional_processes_run_only_when_their_option_is_set():
+    assert lc.wanted({}) == [n for n in lc.PROCESS_ORDER if n != "kmsg-journal"]
+    assert lc.wanted({"journal": True}) == list(lc.PROCESS_ORDER)
+
+
+def test_nodes_get_their_identity_and_gpus_in_their_host_root(layout):
+    args = argparse.Namespace(nodes=2, cpu_nodes=1, gpus_per_node=2, instance_type="p5",
+                              gpu_product="NVIDIA-H100", cpu_instance_type="m7i")
+    lc.write_node_hosts(layout, args)
+    hosts = os.path.join(layout.runner_state, "nodes")
+    assert sorted(os.listdir(hosts)) == ["cpu-node-0", "gpu-node-0", "gpu-node-1"]
+    ids, boots = set(), {}
+    for node in os.listdir(hosts):
+        with open(os.path.join(hosts, node, "host", "etc", "machine-id")) as f:
+            machine_id = f.read()
+        assert re.fullmatch(r"[0-9a-f]{32}\n", machine_id) and machine_id.strip() == lc.machine_id(node)
+        ids.add(machine_id)
+        with open(os.path.join(hosts, node, "host", "proc", "sys", "kernel", "random", "boot_id")) as f:
+            boots[node] = f.read()
+        assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}\n", boots[node])
+    assert len(ids) == 3 and len(set(boots.values())) == 3
+    assert sorted(os.listdir(os.path.join(hosts, "gpu-node-1", "host", "proc", "driver", "nvidia", "gpus"))) == [
+        "0000:53:00.0", "0000:64:00.0"]
+    assert not os.path.exists(os.path.join(hosts, "cpu-node-0", "host", "proc", "driver"))
+    lc.write_node_hosts(layout, args)          # a later `up`: the same boot, not a reboot
+    for node, boot in boots.items():
+        with open(os.path.join(hosts, node, "host", "proc", "sys", "kernel", "random", "boot_id")) as f:
+            assert f.read() == boot

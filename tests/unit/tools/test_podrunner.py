@@ -534,7 +534,7 @@ class FakeApi:
 
 def test_tokens_are_bound_to_the_pod_cached_and_renewed_at_80_percent_of_their_life():
     api = FakeApi()
-    args = type("Args", (), {"state_dir": "/s", "api_port": 26443})()
+    args = type("Args", (), {"state_dir": "/s", "api_port": 26443, "image_maps": None})()
     runner = pr.Runner(args, api)                  # informers are made, not started
     pod = pr.new_pod(make_pod(), "/s/pods")
     assert runner._token(pod, None, 3600) == "token-1"
@@ -616,3 +616,166 @@ def test_a_token_request_the_api_server_does_not_answer_in_time_is_retried_not_f
     api.client, api.core = client, SlowCore()
     with pytest.raises(pr.ConfigError, match="got no answer"):
         api.request_token("ns", "sa", "pod-1", "uid-1", None, 3600)
+
+
+# --- image mode --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("image, repository", [
+    ("ghcr.io/nvidia/nvsentinel/syslog-health-monitor:v1.19.0", "ghcr.io/nvidia/nvsentinel/syslog-health-monitor"),
+    ("ghcr.io/x/y:v1@sha256:" + "a" * 64, "ghcr.io/x/y"),
+    ("ghcr.io/x/y@sha256:" + "a" * 64, "ghcr.io/x/y"),
+    ("busybox", "docker.io/library/busybox"),
+    ("busybox:1.36", "docker.io/library/busybox"),
+    ("bitnami/postgresql:16", "docker.io/bitnami/postgresql"),
+    ("docker.io/library/busybox", "docker.io/library/busybox"),
+    ("index.docker.io/library/busybox:1", "docker.io/library/busybox"),
+    ("localhost/app:1", "localhost/app"),
+    ("localhost:5000/team/app:1", "localhost:5000/team/app"),     # a port is not a tag
+    ("registry:5000/app", "registry:5000/app"),
+    ("", "docker.io/library/"),
+])
+def test_image_repository(image, repository):
+    assert pr.image_repository(image) == repository
+
+
+def test_check_image_entry_fills_defaults_and_refuses_bad_entries():
+    assert pr.check_image_entry({"entrypoint": ["/bin/x"]}) == {
+        "entrypoint": ["/bin/x"], "cmd": [], "env": {}, "workingDir": "/"}
+    for entry, problem in [([], "not an object"), ({"entrypont": []}, "unknown keys"),
+                           ({"entrypoint": "/bin/x"}, "entrypoint must be a JSON array"),
+                           ({"cmd": [1]}, "must hold strings"), ({"env": {"A": 1}}, "env values"),
+                           ({"env": []}, "env must be a JSON dict"), ({"workingDir": "rel"}, "absolute")]:
+        with pytest.raises(ValueError, match=problem):
+            pr.check_image_entry(entry)
+
+
+def test_merge_image_maps():
+    docs = [
+        ("b.json", {"images": {"ghcr.io/x/b": {"entrypoint": ["/b"]}, "busybox": {"cmd": ["sh"]}},
+                    "endpoints": ["127.0.0.1:5432", "10.0.0.1:1"]}),
+        ("a.json", {"images": {"ghcr.io/x/a": {"entrypoint": ["/a"]}, "docker.io/library/busybox": {"cmd": ["sh"]},
+                               "ghcr.io/x/bad": {"entrypoint": "/bad"}},
+                    "endpoints": ["127.0.0.1:5432"]}),
+        ("c.json", {"images": {"ghcr.io/x/b": {"entrypoint": ["/other-b"]}}}),
+        ("d.json", ["not", "an", "object"]),
+    ]
+    merged = pr.merge_image_maps(docs)
+    assert sorted(merged.images) == ["docker.io/library/busybox", "ghcr.io/x/a"]   # the same entry twice is fine
+    assert merged.conflicts == {"ghcr.io/x/b": "mapped differently by b.json and c.json"}
+    assert merged.endpoints == ["127.0.0.1:5432"]
+    assert len(merged.problems) == 4
+    assert [p.split(":")[0] for p in merged.problems] == ["a.json", "b.json", "c.json", "d.json"]
+
+
+IMAGE_MAP = pr.merge_image_maps([("m.json", {"images": {
+    "ghcr.io/nvidia/nvsentinel/syslog-health-monitor": {
+        "entrypoint": ["/cache/syslog-health-monitor"], "cmd": ["--verbose"],
+        "env": {"PATH": "/image/bin", "FROM_IMAGE": "1"}, "workingDir": "/app"},
+    "busybox": {"cmd": ["sh"]}}})])
+
+
+def image_pod(images=("ghcr.io/nvidia/nvsentinel/syslog-health-monitor:v1",), labels=None, init_images=()):
+    pod = make_pod(containers=[{"name": "c%d" % i, "image": image} for i, image in enumerate(images)],
+                   init_containers=[{"name": "i%d" % i, "image": image} for i, image in enumerate(init_images)])
+    pod["metadata"]["labels"] = labels or {"app": "x"}
+    return pod
+
+
+def test_pod_mode_and_wants_to_run():
+    nodes = {"gpu-node-1": {}}
+    assert pr.pod_mode(image_pod(), IMAGE_MAP) == "image"
+    assert pr.pod_mode(image_pod(["busybox:1"]), IMAGE_MAP) == "image"
+    assert pr.pod_mode(image_pod(["other/x"], init_images=["busybox"]), IMAGE_MAP) == "image"
+    assert pr.pod_mode(image_pod(["other/x"]), IMAGE_MAP) is None
+    assert pr.pod_mode(image_pod(labels={pr.RUN_LABEL: "true"}), IMAGE_MAP) == "host"   # the label wins
+    assert pr.wants_to_run(image_pod(), nodes, IMAGE_MAP)
+    assert not pr.wants_to_run(image_pod(), nodes)                      # no map: not ours
+    assert pr.wants_to_run(image_pod(), nodes, running_mode="image")    # started: outlives its map entry
+    gone = image_pod()
+    gone["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    assert not pr.wants_to_run(gone, nodes, IMAGE_MAP, running_mode="image")
+
+
+def test_image_entries_fail_the_pod_on_an_unmapped_image():
+    entries = pr.image_entries(image_pod(["ghcr.io/nvidia/nvsentinel/syslog-health-monitor:v1"],
+                                         init_images=["busybox"]), IMAGE_MAP)
+    assert entries["c0"]["entrypoint"] == ["/cache/syslog-health-monitor"] and entries["i0"]["cmd"] == ["sh"]
+    with pytest.raises(pr.PodSpecError, match=r"container 'c1': image other/x:2 \(docker.io/other/x\): "
+                                              r"not in the image map"):
+        pr.image_entries(image_pod(["busybox", "other/x:2"]), IMAGE_MAP)
+    disputed = pr.merge_image_maps([("a.json", {"images": {"x.io/y": {"cmd": ["a"]}}}),
+                                    ("b.json", {"images": {"x.io/y": {"cmd": ["b"]}}})])
+    with pytest.raises(pr.PodSpecError, match="mapped differently by a.json and b.json"):
+        pr.image_entries(image_pod(["x.io/y:1"]), disputed)
+
+
+ENTRY = IMAGE_MAP.images["ghcr.io/nvidia/nvsentinel/syslog-health-monitor"]
+
+
+@pytest.mark.parametrize("container, argv", [
+    ({}, ["/cache/syslog-health-monitor", "--verbose"]),                        # ENTRYPOINT + CMD
+    ({"args": ["--polling-interval", "$(I)"]}, ["/cache/syslog-health-monitor", "--polling-interval", "15s"]),
+    ({"command": ["/bin/sh", "-c"]}, ["/bin/sh", "-c"]),                        # command drops CMD
+    ({"command": ["sh"], "args": ["-c", "echo $(I)"]}, ["sh", "-c", "echo 15s"]),
+    ({"command": [], "args": []}, ["/cache/syslog-health-monitor", "--verbose"]),  # empty lists: unset
+])
+def test_image_argv_follows_kubelet(container, argv):
+    assert pr.image_argv({"name": "c", **container}, ENTRY, {"I": "15s"}) == argv
+
+
+def test_image_argv_needs_something_to_run():
+    with pytest.raises(pr.PodSpecError, match="neither an entrypoint nor a cmd"):
+        pr.image_argv({"name": "c"}, pr.check_image_entry({}), {})
+
+
+def test_image_process_spec_keeps_container_paths_and_layers_the_environment():
+    own = {"FROM_IMAGE": "overridden", "CONFIG": "/etc/config/c.json", "LOCALCLUSTER_STATE": "/elsewhere"}
+    spec = pr.image_process_spec({"name": "c", "args": ["--config=/etc/config/c.json"]}, ENTRY, BASE, own)
+    assert spec.argv == ["/cache/syslog-health-monitor", "--config=/etc/config/c.json"]   # not rewritten
+    assert spec.env == {**BASE, "PATH": "/image/bin", "FROM_IMAGE": "overridden", "CONFIG": "/etc/config/c.json"}
+    assert spec.cwd == "/app"
+    assert pr.image_process_spec({"name": "c", "workingDir": "/w"}, ENTRY, BASE, {}).cwd == "/w"
+
+
+def test_volume_mounts_keep_spec_order_read_only_and_sub_paths():
+    container = {"volumeMounts": [
+        {"name": "host", "mountPath": "/var/run/"},
+        {"name": "app", "mountPath": "/etc/app.toml", "subPath": "app.toml", "readOnly": True},
+        {"name": "data", "mountPath": "/per-pod", "subPathExpr": "$(POD_NAME)"}]}
+    assert pr.volume_mounts(container, VOLUME_PATHS, {"POD_NAME": "p1"}) == [
+        {"path": "/var/run/", "source": "/s/nodes/n1/host", "readOnly": False},
+        {"path": "/etc/app.toml", "source": "/s/pods/p/volumes/app/app.toml", "readOnly": True},
+        {"path": "/per-pod", "source": "/s/pods/p/volumes/data/p1", "readOnly": False}]
+
+
+def test_container_ports_are_the_pods_tcp_ports():
+    pod = make_pod(containers=[
+        {"name": "a", "ports": [{"containerPort": 2112}, {"containerPort": 53, "protocol": "UDP"}]},
+        {"name": "b", "ports": [{"containerPort": 8080, "protocol": "TCP"}, {"containerPort": 2112}]}],
+        init_containers=[{"name": "side", "restartPolicy": "Always", "ports": [{"containerPort": 9440}]}])
+    assert pr.container_ports(pod) == [2112, 8080, 9440]
+
+
+def test_image_mode_pods_get_a_sandbox_unless_on_the_host_network():
+    assert pr.new_pod(image_pod(), "/s/pods", mode="image").sandbox.role == "sandbox"
+    assert pr.new_pod(image_pod(), "/s/pods").sandbox is None
+    host_net = image_pod()
+    host_net["spec"]["hostNetwork"] = True
+    assert pr.new_pod(host_net, "/s/pods", mode="image").sandbox is None
+
+
+def test_image_map_files_are_read_in_name_order_and_their_changes_seen(tmp_path):
+    maps = tmp_path / "image-maps"
+    assert pr.read_image_maps(str(maps)) == ([], []) and pr.image_maps_signature(str(maps)) == ()
+    maps.mkdir()
+    (maps / "b.json").write_text('{"images": {}}')
+    (maps / "a.json").write_text('{"endpoints": ["127.0.0.1:5432"]}')
+    (maps / "broken.json").write_text("{")
+    (maps / "notes.txt").write_text("ignored")
+    documents, problems = pr.read_image_maps(str(maps))
+    assert [name for name, _doc in documents] == ["a.json", "b.json"]
+    assert len(problems) == 1 and problems[0].startswith("broken.json: ")
+    before = pr.image_maps_signature(str(maps))
+    assert [entry[0] for entry in before] == ["a.json", "b.json", "broken.json"]
+    (maps / "b.json").write_text('{"images": {"x.io/y": {"cmd": ["run"]}}}')
+    assert pr.image_maps_signature(str(maps)) != before
