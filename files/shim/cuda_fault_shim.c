@@ -74,6 +74,7 @@ typedef struct CUfunc_st *CUfunction;
 typedef struct CUlib_st *CUlibrary;
 typedef struct CUkern_st *CUkernel;
 typedef struct CUgraphExec_st *CUgraphExec;
+typedef struct CUgreenCtx_st *CUgreenCtx;
 typedef struct CUuuid_st CUuuid;
 typedef struct CUexecAffinityParam_st CUexecAffinityParam;
 typedef struct CUctxCreateParams_st CUctxCreateParams;
@@ -109,21 +110,38 @@ enum {
     CF_T_NONE,    /* no device, no context: init, version, device count */
     CF_T_DEV,     /* an explicit device ordinal argument */
     CF_T_CTX,     /* an explicit context argument */
+    CF_T_CTX_CUR, /* a context argument where NULL means the current context (CUDA 13's _v2 calls) */
     CF_T_CUR,     /* the calling thread's current context */
     CF_T_STREAM   /* a stream argument: its context, else the current one */
 };
 
 /* ---------------------------------------------------------------------------------------------
  * The table. X(name, min_version, target, hint, params, args):
- *   min_version  the CUDA version that introduced this exact variant, as cuGetProcAddress takes
- *                it (cudaTypedefs.h's PFN_<name>_v<version>); _ptds/_ptsz are the per-thread
+ *   name         the driver's exported symbol of this exact variant
+ *   min_version  the CUDA version that introduced it, as cuGetProcAddress takes it
+ *                (cudaTypedefs.h's PFN_<base name>_v<version>); _ptds/_ptsz are the per-thread
  *                default stream variants (flag CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM).
  *   target/hint  how to find the call's device or context (hint: the argument naming it).
+ *   params       exactly NVIDIA's parameter list of that variant.
+ * For every function in the table, every variant that NVIDIA's cudaTypedefs.h declares up to
+ * CF_API_VERSION is in the table, with its parameters as declared there, or the function is in
+ * CF_DRIVER_PASSTHROUGH (tests/unit/shim/test_nvidia_runtime.py compiles that comparison against
+ * the headers of the pinned runtime wheels). A lookup above CF_API_VERSION is wrapped only when
+ * the driver answers it with the same entry point as at CF_API_VERSION (cf_route).
  * ------------------------------------------------------------------------------------------- */
+#define CF_API_VERSION 13050   /* CUDA 13.5: the nvidia-cuda-runtime wheel pinned in requirements.txt */
+
+/* Driver functions the shim hands out untouched on purpose, all their variants, each with its
+ * reason: a real driver answers them from host-side state even when a GPU is broken, so failing
+ * them would show the application an error the XID does not cause. */
+#define CF_DRIVER_PASSTHROUGH(X) \
+    X(cuDriverGetVersion, "answered by libcuda itself, without a GPU or the kernel module; cudart calls it " \
+      "before cuInit and, if it fails, reports cudaErrorInsufficientDriver (35) on every call instead of " \
+      "the XID's error")
+
 #define CF_DRIVER_API(X) \
     /* initialisation and enumeration */ \
     X(cuInit, 2000, CF_T_NONE, 0, (unsigned int Flags), (Flags)) \
-    X(cuDriverGetVersion, 2020, CF_T_NONE, 0, (int *driverVersion), (driverVersion)) \
     X(cuDeviceGet, 2000, CF_T_DEV, ordinal, (CUdevice *device, int ordinal), (device, ordinal)) \
     X(cuDeviceGetCount, 2000, CF_T_NONE, 0, (int *count), (count)) \
     X(cuDeviceGetName, 2000, CF_T_DEV, dev, (char *name, int len, CUdevice dev), (name, len, dev)) \
@@ -155,7 +173,9 @@ enum {
     X(cuCtxSetCurrent, 4000, CF_T_CTX, ctx, (CUcontext ctx), (ctx)) \
     X(cuCtxGetCurrent, 4000, CF_T_CUR, 0, (CUcontext *pctx), (pctx)) \
     X(cuCtxGetDevice, 2000, CF_T_CUR, 0, (CUdevice *device), (device)) \
+    X(cuCtxGetDevice_v2, 13000, CF_T_CTX_CUR, ctx, (CUdevice *device, CUcontext ctx), (device, ctx)) \
     X(cuCtxSynchronize, 2000, CF_T_CUR, 0, (void), ()) \
+    X(cuCtxSynchronize_v2, 13000, CF_T_CTX_CUR, ctx, (CUcontext ctx), (ctx)) \
     /* memory */ \
     X(cuMemGetInfo, 2000, CF_T_CUR, 0, (unsigned int *freeBytes, unsigned int *totalBytes), (freeBytes, totalBytes)) \
     X(cuMemGetInfo_v2, 3020, CF_T_CUR, 0, (size_t *freeBytes, size_t *totalBytes), (freeBytes, totalBytes)) \
@@ -271,6 +291,10 @@ enum {
       (hStream, fn, userData)) \
     X(cuLaunchHostFunc_ptsz, 10000, CF_T_STREAM, hStream, (CUstream hStream, CUhostFn fn, void *userData), \
       (hStream, fn, userData)) \
+    X(cuLaunchHostFunc_v2, 13010, CF_T_STREAM, hStream, \
+      (CUstream hStream, CUhostFn fn, void *userData, unsigned int syncMode), (hStream, fn, userData, syncMode)) \
+    X(cuLaunchHostFunc_v2_ptsz, 13010, CF_T_STREAM, hStream, \
+      (CUstream hStream, CUhostFn fn, void *userData, unsigned int syncMode), (hStream, fn, userData, syncMode)) \
     X(cuGraphLaunch, 10000, CF_T_STREAM, hStream, (CUgraphExec hGraphExec, CUstream hStream), (hGraphExec, hStream)) \
     X(cuGraphLaunch_ptsz, 10000, CF_T_STREAM, hStream, (CUgraphExec hGraphExec, CUstream hStream), \
       (hGraphExec, hStream)) \
@@ -290,6 +314,10 @@ enum {
       (hStream, hEvent, Flags)) \
     X(cuStreamGetCtx, 9020, CF_T_STREAM, hStream, (CUstream hStream, CUcontext *pctx), (hStream, pctx)) \
     X(cuStreamGetCtx_ptsz, 9020, CF_T_STREAM, hStream, (CUstream hStream, CUcontext *pctx), (hStream, pctx)) \
+    X(cuStreamGetCtx_v2, 12050, CF_T_STREAM, hStream, (CUstream hStream, CUcontext *pCtx, CUgreenCtx *pGreenCtx), \
+      (hStream, pCtx, pGreenCtx)) \
+    X(cuStreamGetCtx_v2_ptsz, 12050, CF_T_STREAM, hStream, \
+      (CUstream hStream, CUcontext *pCtx, CUgreenCtx *pGreenCtx), (hStream, pCtx, pGreenCtx)) \
     X(cuEventCreate, 2000, CF_T_CUR, 0, (CUevent *phEvent, unsigned int Flags), (phEvent, Flags)) \
     X(cuEventDestroy, 2000, CF_T_CUR, 0, (CUevent hEvent), (hEvent)) \
     X(cuEventDestroy_v2, 4000, CF_T_CUR, 0, (CUevent hEvent), (hEvent)) \
@@ -302,6 +330,8 @@ enum {
     X(cuEventSynchronize, 2000, CF_T_CUR, 0, (CUevent hEvent), (hEvent)) \
     X(cuEventQuery, 2000, CF_T_CUR, 0, (CUevent hEvent), (hEvent)) \
     X(cuEventElapsedTime, 2000, CF_T_CUR, 0, (float *pMilliseconds, CUevent hStart, CUevent hEnd), \
+      (pMilliseconds, hStart, hEnd)) \
+    X(cuEventElapsedTime_v2, 12080, CF_T_CUR, 0, (float *pMilliseconds, CUevent hStart, CUevent hEnd), \
       (pMilliseconds, hStart, hEnd)) \
     /* modules and libraries */ \
     X(cuModuleLoad, 2000, CF_T_CUR, 0, (CUmodule *module, const char *fname), (module, fname)) \
@@ -917,6 +947,24 @@ static int cf_find_runtime(const char *name)
     return -1;
 }
 
+/* What the driver's own cuGetProcAddress answers, asked by the shim (NULL if it fails). */
+static void *cf_driver_lookup(const char *symbol, int version, cuuint64_t flags)
+{
+    void *v2 = atomic_load(&cf_real[CF_I_cuGetProcAddress_v2]), *v1 = atomic_load(&cf_real[CF_I_cuGetProcAddress]);
+    void *p = NULL;
+    CUdriverProcAddressQueryResult status;
+    unsigned char nested = cf_guard;
+    CUresult r = CF_CUDA_ERROR_NOT_FOUND;
+
+    cf_guard = 1;
+    if (v2 != NULL)
+        r = ((cf_pfn_cuGetProcAddress_v2)v2)(symbol, &p, version, flags, &status);
+    else if (v1 != NULL)
+        r = ((cf_pfn_cuGetProcAddress)v1)(symbol, &p, version, flags);
+    cf_guard = nested;
+    return r == 0 ? p : NULL;
+}
+
 /* The wrapper to hand out for what a real lookup of `symbol` returned. */
 static void *cf_route(const char *symbol, void *p, int version, cuuint64_t flags)
 {
@@ -948,6 +996,12 @@ static void *cf_route(const char *symbol, void *p, int version, cuuint64_t flags
     }
     if (best < 0)
         return p;
+    /* Above the newest CUDA the table was checked against, the driver may know a newer variant
+     * with other parameters: wrap only if it answers the same entry point at CF_API_VERSION. */
+    if (version > CF_API_VERSION && cf_driver_lookup(symbol, CF_API_VERSION, flags) != p) {
+        cf_log("%s at version %d: a variant newer than CUDA %d, left unwrapped", symbol, version, CF_API_VERSION);
+        return p;
+    }
     if (atomic_compare_exchange_strong(&cf_gpa_real[best], &expected, p) || expected == p)
         return cf_routes[best].gpa_wrapper;
     cf_log("%s: a second entry point for %s, left unwrapped", symbol, cf_routes[best].name);
@@ -1174,6 +1228,8 @@ static CUcontext cf_ctx_of(int kind, uintptr_t hint)
     switch (kind) {
     case CF_T_CTX:
         return (CUcontext)hint;
+    case CF_T_CTX_CUR:
+        return hint != 0u ? (CUcontext)hint : cf_current_ctx();
     case CF_T_STREAM:
         /* 0, CU_STREAM_LEGACY (1) and CU_STREAM_PER_THREAD (2) belong to the current context. */
         if (hint > 2u) {

@@ -14,7 +14,8 @@ Each entry has a ``type`` and the keys that identify what it is about:
 - ``node``: ``node``; the module adds ``before``, the node's state before the drill (see
   ``node_restore.snapshot``);
 - ``shim_patch``: ``api_version`` (empty: cuda_shim_patch's default for the kind), ``kind``,
-  ``namespace``, ``name`` (a workload given the CUDA shim);
+  ``namespace``, ``name`` (a workload given the CUDA shim); the module adds ``before``, what the
+  drill's self-check compares afterwards (``drill_verify.workload_state``);
 - ``faults``: ``drill`` (the GPUFault objects made for that drill id);
 - ``object``: ``api_version``, ``kind``, ``namespace`` (empty for cluster-scoped objects), ``name``;
 - ``note``: ``text``.
@@ -116,8 +117,9 @@ def validate_entry(raw, number):
     for key in RESERVED_KEYS:
         if key in entry:
             raise LedgerError("%s: %s is set by the ledger, leave it out" % (where, key))
-    if kind == "node" and NODE_SNAPSHOT_KEY in entry:
-        raise LedgerError("%s: before is the node's state, which the module reads itself; leave it out" % where)
+    if kind in ("node", "shim_patch") and NODE_SNAPSHOT_KEY in entry:
+        raise LedgerError("%s: before is the %s's state, which the module reads itself; leave it out"
+                          % (where, "node" if kind == "node" else "workload"))
     optional = OPTIONAL_IDENTITY_KEYS.get(kind, ())
     for key in IDENTITY_KEYS[kind]:
         value = entry.get(key)
@@ -185,12 +187,24 @@ def merge_meta(old, new):
     return merged
 
 
-def update(ledger, drill, meta, entries, snapshots, now):
+def workloads_to_read(ledger, entries):
+    """The shim_patch entries that the ledger does not hold yet (once each): their workloads' state
+    before the shim goes in is recorded with them."""
+    known = set(identity(e) for e in (ledger or {}).get("entries") or [])
+    found = []
+    for entry in entries:
+        if entry["type"] == "shim_patch" and identity(entry) not in known and entry not in found:
+            found.append(entry)
+    return found
+
+
+def update(ledger, drill, meta, entries, snapshots, now, workloads=None):
     """(the ledger after recording meta and entries, the entries added, whether it was created).
 
     ``ledger`` is the stored ledger (None when there is none yet); ``entries`` are validated
-    entries; ``snapshots`` maps each node of a new node entry to its snapshot. The ledger given is
-    not changed.
+    entries; ``snapshots`` maps each node of a new node entry to its snapshot, ``workloads`` the
+    identity of each new shim_patch entry to its workload's state (left out: none recorded). The
+    ledger given is not changed.
     """
     created = ledger is None
     result = new_ledger(drill, meta, now) if created else copy.deepcopy(ledger)
@@ -210,6 +224,8 @@ def update(ledger, drill, meta, entries, snapshots, now):
             if entry["node"] not in snapshots:
                 raise LedgerError("no snapshot of node %s to record" % entry["node"])
             stored[NODE_SNAPSHOT_KEY] = copy.deepcopy(snapshots[entry["node"]])
+        elif entry["type"] == "shim_patch" and key in (workloads or {}):
+            stored[NODE_SNAPSHOT_KEY] = copy.deepcopy(workloads[key])
         stored["seq"] = seq
         stored["recorded"] = now
         result["entries"].append(stored)

@@ -16,6 +16,11 @@ to the first ``detect``, ``quarantine``, ``drain`` and ``recovery`` event (and t
 ``recovery``), over the whole drill and per node. A measure is ``None`` (JSON ``null``) when its
 event did not happen, or when nothing was injected.
 
+The *verification* is the drill's self-check after its cleanup (``drill_verify``): what was
+compared with the ledger and every difference found. The reports list each difference (the JUnit
+test case ``cluster-as-before``, the JSON timeline's ``verification``, a note in the picture); a
+difference makes the drill's result ``failed``.
+
 Standard library only.
 """
 
@@ -35,6 +40,9 @@ RESULTS = ("passed", "failed")
 EVENT_KINDS = ("inject", "detect", "quarantine", "drain", "evict", "reschedule", "recovery", "cleanup", "note")
 FORMATS = ("junit", "json", "svg")
 PHASE_KEYS = ("name", "started", "finished", "status", "message", "node", "details")
+VERIFICATION_KEYS = ("checked", "differences")
+DIFFERENCE_KEYS = ("object", "field", "before", "now", "text")
+VERIFICATION_CASE = "cluster-as-before"
 EVENT_KEYS = ("time", "node", "kind", "detail")
 # summary key -> the event kind it measures (from the first inject)
 MEASURES = (("time_to_detect", "detect"), ("time_to_quarantine", "quarantine"), ("time_to_drain", "drain"),
@@ -242,14 +250,44 @@ def _event(index, raw):
 
 # --- the report --------------------------------------------------------------------------------------
 
-def build_report(drill, phases=None, events=None, target_nodes=None, started=None, finished=None, result=None):
+def _verification(raw):
+    """The self-check's result, checked: {as_before, checked: [text], differences: [{..., text}]}."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise DrillReportError("verification must be a dict with checked and differences, got %r" % (raw,))
+    _check_keys(raw, VERIFICATION_KEYS, "verification")
+    checked, differences = raw.get("checked") or [], raw.get("differences") or []
+    if not isinstance(checked, list) or not all(isinstance(c, str) for c in checked):
+        raise DrillReportError("verification: checked must be a list of strings, got %r" % (checked,))
+    if not isinstance(differences, list):
+        raise DrillReportError("verification: differences must be a list, got %r" % (differences,))
+    out = []
+    for index, item in enumerate(differences):
+        what = "verification.differences[%d]" % index
+        if isinstance(item, str):
+            item = {"text": item}
+        if not isinstance(item, dict):
+            raise DrillReportError("%s: expected a dict with text (or a string), got %r" % (what, item))
+        _check_keys(item, DIFFERENCE_KEYS, what)
+        if not _optional_text(item, "text", what):
+            raise DrillReportError("%s: text is required" % what)
+        out.append(_clean_data(dict((k, item.get(k)) for k in DIFFERENCE_KEYS)))
+    return {"as_before": not out, "checked": [clean_text(c) for c in checked], "differences": out}
+
+
+def build_report(drill, phases=None, events=None, target_nodes=None, started=None, finished=None, result=None,
+                 verification=None):
     """The drill's report as a JSON-ready dict (the content of the JSON timeline).
 
     ``started``/``finished`` default to the earliest and latest time among the phases and events;
-    ``result`` defaults to ``failed`` when a phase failed or ended in error, else ``passed``.
-    Raises DrillReportError with the offending field on bad input.
+    ``result`` defaults to ``failed`` when a phase failed or ended in error or the verification
+    found a difference, else ``passed``. ``verification`` is the self-check's ``{checked,
+    differences}`` (None: it did not run). Raises DrillReportError with the offending field on bad
+    input.
     """
     validate_drill(drill)
+    checked = _verification(verification)
     if result is not None and result not in RESULTS:
         raise DrillReportError("result %r is not one of %s" % (result, ", ".join(RESULTS)))
     if phases is not None and not isinstance(phases, (list, tuple)):
@@ -281,7 +319,8 @@ def build_report(drill, phases=None, events=None, target_nodes=None, started=Non
     if end_us < start_us:
         raise DrillReportError("finished (%s) is before started (%s)" % (format_time(end_us), format_time(start_us)))
     if result is None:
-        result = "failed" if any(p["status"] in ("failed", "error") for p in norm_phases) else "passed"
+        bad = any(p["status"] in ("failed", "error") for p in norm_phases) or (checked and not checked["as_before"])
+        result = "failed" if bad else "passed"
 
     first_inject = _first(norm_events, "inject")
     node_inject = {}
@@ -312,7 +351,8 @@ def build_report(drill, phases=None, events=None, target_nodes=None, started=Non
 
     report = dict(
         drill=drill, result=result, started=format_time(start_us), finished=format_time(end_us),
-        duration_seconds=seconds(end_us - start_us), target_nodes=targets, phases=out_phases, events=out_events)
+        duration_seconds=seconds(end_us - start_us), target_nodes=targets, phases=out_phases, events=out_events,
+        verification=checked)
     report["summary"] = summarize(report, norm_events, nodes, first_inject, node_inject)
     return report
 
@@ -360,6 +400,9 @@ def summarize(report, events, nodes, first_inject, node_inject):
         entry["events"] = sum(1 for e in events if e["node"] == node)
         per_node[node] = entry
     summary["nodes"] = per_node
+    verification = report.get("verification")
+    summary["as_before"] = verification["as_before"] if verification else None
+    summary["differences"] = len(verification["differences"]) if verification else None
     return summary
 
 
@@ -390,7 +433,11 @@ def junit_xml(report):
     """The JUnit XML file's text: one testsuite named after the drill, one testcase per phase."""
     phases = report["phases"]
     counts = report["summary"]["phases"]
-    totals = dict(tests=str(len(phases)), failures=str(counts["failed"]), errors=str(counts["error"]),
+    verification = report.get("verification")
+    extra_case = 1 if verification else 0
+    extra_failure = 1 if verification and verification["differences"] else 0
+    totals = dict(tests=str(len(phases) + extra_case), failures=str(counts["failed"] + extra_failure),
+                  errors=str(counts["error"]),
                   skipped=str(counts["skipped"]), time=_junit_time(report["duration_seconds"]))
     root = ET.Element("testsuites", dict(name=xml_text("gpu_resilience drill " + report["drill"]), **totals))
     suite = ET.SubElement(root, "testsuite", dict(name=xml_text(report["drill"]), timestamp=_junit_stamp(
@@ -428,10 +475,26 @@ def junit_xml(report):
             ET.SubElement(case, "skipped", dict(message=xml_text(message)) if message else {})
         out = ET.SubElement(case, "system-out")
         out.text = xml_text(_phase_text(p))
+    if report.get("verification"):
+        _verification_case(suite, classname, report["verification"])
     suite_out = ET.SubElement(suite, "system-out")
     suite_out.text = xml_text(_events_text(report))
     _indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _verification_case(suite, classname, verification):
+    """The self-check as a test case: failed with every difference, or passed with what was checked."""
+    case = ET.SubElement(suite, "testcase", dict(name=VERIFICATION_CASE, classname=classname, time="0.000"))
+    lines = ["checked: %s" % c for c in verification["checked"]]
+    if verification["differences"]:
+        texts = [d["text"] for d in verification["differences"]]
+        failure = ET.SubElement(case, "failure", dict(
+            message=xml_text("%d difference(s) from before the drill: %s" % (len(texts), "; ".join(texts))),
+            type="ClusterNotAsBefore"))
+        failure.text = xml_text("\n".join(["difference: %s" % t for t in texts] + lines))
+    out = ET.SubElement(case, "system-out")
+    out.text = xml_text("\n".join(lines) or "nothing was recorded, so nothing was compared")
 
 
 def _phase_text(p):
@@ -931,13 +994,24 @@ def _draw_legend(svg, events, y, width):
 def _draw_notes(svg, report, y, width):
     bad = [p for p in report["phases"] if p["status"] in ("failed", "error")]
     untimed = [p["name"] for p in report["phases"] if not p["started"]]
-    if not bad and not untimed:
+    verification = report.get("verification")
+    if not bad and not untimed and not verification:
         return y
     y += 14
     for p in bad:
         line = "%s %s: %s" % (p["status"].upper(), p["name"], p["message"] or "(no message)")
         _text(svg, 20, y, truncate(line, width - 40, 12), color=PHASE_COLORS[p["status"]][0])
         y += 18
+    if verification:
+        differences = verification["differences"]
+        head = ("NOT AS BEFORE: %d difference(s) from before the drill" % len(differences) if differences else
+                "AS BEFORE: the cluster was put back as it was (%d item(s) checked)" % len(verification["checked"]))
+        _text(svg, 20, y, truncate(head, width - 40, 12, True), color=RESULT_COLORS["failed" if differences else "passed"],
+              bold=True)
+        y += 18
+        for d in differences:
+            _text(svg, 32, y, truncate(d["text"], width - 52, 12), color=RESULT_COLORS["failed"])
+            y += 18
     if untimed:
         _text(svg, 20, y, truncate("skipped, not timed: " + ", ".join(untimed), width - 40, 12), color=MUTED_COLOR)
         y += 18

@@ -68,10 +68,15 @@ def validate_node_name(name):
 def lease_name(node):
     """The agent Lease of a node; long node names are shortened with a hash to stay a valid name."""
     validate_node_name(node)
-    name = LEASE_PREFIX + node
+    return bounded_name(LEASE_PREFIX + node, node)
+
+
+def bounded_name(name, seed):
+    """name when it fits an object name (253 characters); else its head and a hash of seed, so that
+    two long names stay apart."""
     if len(name) <= 253:
         return name
-    digest = hashlib.sha256(node.encode("ascii")).hexdigest()[:12]
+    digest = hashlib.sha256(seed.encode("utf-8")).hexdigest()[:12]
     return name[:240].rstrip(".-") + "-" + digest
 
 

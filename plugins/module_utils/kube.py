@@ -141,6 +141,20 @@ def list_objects(k8s, res, namespace=None, label_selector=None):
     return result.get("items") or [], result["metadata"].get("resourceVersion")
 
 
+# Up to this many objects are read one by one (a GET each); more with one list of them all (a fleet
+# drill's hundreds of nodes: one request instead of hundreds).
+FEW = 5
+
+
+def get_named(k8s, res, names, namespace=None):
+    """{name: the object as a dict, or None where it does not exist} for each of names."""
+    if len(names) > FEW:
+        items, _version = list_objects(k8s, res, namespace)
+        listed = dict((o["metadata"]["name"], o) for o in items)
+        return dict((name, listed.get(name)) for name in names)
+    return dict((name, get(k8s, res, name, namespace)) for name in names)
+
+
 def _ns(namespace):
     return namespace + "/" if namespace else ""
 

@@ -25,6 +25,14 @@ __metaclass__ = type
 import json
 
 # --- NVIDIA NVSentinel (fault-quarantine, node-drainer, fault-remediation) ---------------------
+# Every key they write on a Node, as in the source snapshot of shared/third_party/nvsentinel
+# (tests/unit/plugins/module_utils/test_nvsentinel_source.py checks them there): fault-quarantine
+# the cordon, the cordon/uncordon labels, the state label and its annotations; node-drainer and
+# fault-remediation the state label (commons/pkg/statemanager); fault-remediation its annotation.
+# fault-quarantine's default rule sets apply no taint and no label: a rule set's own taint or
+# label is the operator's key, recorded in quarantineHealthEventAppliedTaints/Labels.
+# platform-connectors writes node conditions named after each check
+# (xid_catalog.NVSENTINEL_CHECKS) and Kubernetes Events (module_utils/nvsentinel.py).
 
 NVSENTINEL_LABEL_PREFIX = "k8saas.nvidia.com/"  # fault-quarantine's labelPrefix, as shipped
 NVSENTINEL_CORDONER = "NVSentinel"              # value of <prefix>cordon-by / uncordon-by
@@ -44,7 +52,7 @@ NVSENTINEL_STATE_PREFIX = "dgxc.nvidia.com/"
 NVSENTINEL_STATES = ("quarantined", "draining", "drain-succeeded", "drain-failed", "remediating",
                      "remediation-succeeded", "remediation-failed")
 
-# fault-quarantine's annotations carry no prefix.
+# fault-quarantine's and fault-remediation's annotations carry no prefix.
 QUARANTINE_EVENT_ANNOTATION = "quarantineHealthEvent"                   # JSON: the health event(s)
 QUARANTINE_IS_CORDONED_ANNOTATION = "quarantineHealthEventIsCordoned"   # "True"
 QUARANTINE_APPLIED_TAINTS_ANNOTATION = "quarantineHealthEventAppliedTaints"  # JSON list of taints
@@ -52,11 +60,12 @@ QUARANTINE_APPLIED_LABELS_ANNOTATION = "quarantineHealthEventAppliedLabels"
 QUARANTINE_CORDON_PRE_EXISTING_ANNOTATION = "quarantineHealthEventCordonPreExisting"
 UNCORDONED_MANUALLY_ANNOTATION = "quarantinedNodeUncordonedManually"
 UNTAINTED_MANUALLY_ANNOTATION = "quarantinedNodeUntaintedManually"
-QUARANTINE_VALIDATION_ANNOTATION = "quarantineValidationHealthEvent"
-NVSENTINEL_ANNOTATIONS = (QUARANTINE_EVENT_ANNOTATION, QUARANTINE_IS_CORDONED_ANNOTATION,
-                          QUARANTINE_APPLIED_TAINTS_ANNOTATION, QUARANTINE_APPLIED_LABELS_ANNOTATION,
-                          QUARANTINE_CORDON_PRE_EXISTING_ANNOTATION, UNCORDONED_MANUALLY_ANNOTATION,
-                          UNTAINTED_MANUALLY_ANNOTATION, QUARANTINE_VALIDATION_ANNOTATION)
+REMEDIATION_STATE_ANNOTATION = "latestFaultRemediationState"  # fault-remediation's, JSON
+NVSENTINEL_QUARANTINE_ANNOTATIONS = (QUARANTINE_EVENT_ANNOTATION, QUARANTINE_IS_CORDONED_ANNOTATION,
+                                     QUARANTINE_APPLIED_TAINTS_ANNOTATION, QUARANTINE_APPLIED_LABELS_ANNOTATION,
+                                     QUARANTINE_CORDON_PRE_EXISTING_ANNOTATION, UNCORDONED_MANUALLY_ANNOTATION,
+                                     UNTAINTED_MANUALLY_ANNOTATION)
+NVSENTINEL_ANNOTATIONS = NVSENTINEL_QUARANTINE_ANNOTATIONS + (REMEDIATION_STATE_ANNOTATION,)
 NVSENTINEL_TRUE = "True"
 
 # --- AWS GPU health-check suite (Kubernetes variant) ---------------------------------------------

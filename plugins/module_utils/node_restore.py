@@ -39,6 +39,7 @@ DEFAULT_IGNORE = ("gpu-healthcheck.aws-samples.io/last-check", "gpu-healthcheck.
 UNSCHEDULABLE_TAINT = "node.kubernetes.io/unschedulable"
 SNAPSHOT_KEYS = ("unschedulable", "taints", "labels", "annotations", "resourceVersion")
 TAINT_FIELDS = ("key", "value", "effect", "timeAdded")
+CONDITION_FIELDS = ("type", "status", "reason")
 SCOPE_KEYS = ("prefixes", "keys", "ignore", "unschedulable", "taints")
 
 
@@ -51,9 +52,10 @@ class RestoreError(ValueError):
 def snapshot(node):
     """The state of a node (a dict as the API returns it) that restoration needs.
 
-    ``{unschedulable, taints, labels, annotations, resourceVersion, uid}``: all labels, annotations
-    and taints (the scope is chosen when restoring, so nothing is left out here), taints with only
-    their API fields.
+    ``{unschedulable, taints, labels, annotations, conditions, resourceVersion, uid}``: all labels,
+    annotations and taints (the scope is chosen when restoring, so nothing is left out here), taints
+    with only their API fields, and each condition's type, status and reason (conditions are the
+    kubelet's and the detectors' to set: they are compared after a drill, never restored).
     """
     metadata = node.get("metadata") or {}
     spec = node.get("spec") or {}
@@ -62,6 +64,9 @@ def snapshot(node):
         "taints": [_taint(t) for t in spec.get("taints") or [] if isinstance(t, dict) and t.get("key")],
         "labels": dict(metadata.get("labels") or {}),
         "annotations": dict(metadata.get("annotations") or {}),
+        "conditions": sorted((dict((k, c[k]) for k in CONDITION_FIELDS if c.get(k) is not None)
+                              for c in (node.get("status") or {}).get("conditions") or []
+                              if isinstance(c, dict) and c.get("type")), key=lambda c: c["type"]),
         "resourceVersion": metadata.get("resourceVersion"),
         "uid": metadata.get("uid"),
     }
@@ -165,8 +170,14 @@ def scoped_marks(state, scope):
 
 # --- the plan -------------------------------------------------------------------------------------
 
-def plan(node, before, scope):
+def plan(node, before, scope, owner=None):
     """What restoring ``before`` on ``node`` takes.
+
+    ``owner``, when given, is ``(label key, drill id)``: the restoration is done for that drill,
+    and marks of other drills are never written back. The key is the label a drill puts on its
+    nodes. A node that now carries another drill's label is in that drill's hands: it is left
+    alone (``held_by`` names the drill). A value of that label in ``before`` that names another
+    drill is not restored (it was that drill's, and its own cleanup removes it).
 
     Returns ``{changed, patch, restored, current, after}``:
 
@@ -174,10 +185,17 @@ def plan(node, before, scope):
       ``metadata.resourceVersion``; empty when nothing differs;
     - ``restored``: per part, what changes: ``labels`` and ``annotations`` map each key to
       ``{from, to}`` (None: absent), ``taints`` and ``unschedulable`` are ``{from, to}``;
-    - ``current`` and ``after``: the node's in-scope marks now and once the patch is applied.
+    - ``current`` and ``after``: the node's in-scope marks now and once the patch is applied;
+    - ``held_by``: the other drill whose label the node carries (then nothing is restored), or None.
     """
     validate_snapshot(before)
     current = snapshot(node)
+    if owner:
+        holder = foreign_drill(current, owner)
+        if holder:
+            marks = scoped_marks(current, scope)
+            return {"changed": False, "patch": [], "restored": {}, "current": marks, "after": marks, "held_by": holder}
+        before = without_foreign_drill(before, owner)
     ops = []
     restored = {}
     for field in ("labels", "annotations"):
@@ -212,7 +230,23 @@ def plan(node, before, scope):
     if ops:
         patch = [{"op": "test", "path": "/metadata/resourceVersion", "value": current["resourceVersion"]}] + ops
     return {"changed": bool(ops), "patch": patch, "restored": restored,
-            "current": scoped_marks(current, scope), "after": scoped_marks(after, scope)}
+            "current": scoped_marks(current, scope), "after": scoped_marks(after, scope), "held_by": None}
+
+
+def foreign_drill(state, owner):
+    """The drill other than owner's whose label a snapshot-shaped state carries, or None."""
+    key, drill = owner
+    value = state["labels"].get(key)
+    return value if value and value != drill else None
+
+
+def without_foreign_drill(before, owner):
+    """before without another drill's label: that mark is never written back."""
+    if not foreign_drill(before, owner):
+        return before
+    cleaned = copy.deepcopy(before)
+    del cleaned["labels"][owner[0]]
+    return cleaned
 
 
 def _map_ops(field, current, before, scope, ops):

@@ -137,7 +137,9 @@ class UnknownXidError(ValueError):
 #   extra_lines               further records the driver writes with this XID (templates).
 #   text_verified             True when text follows a public log line or the driver's format
 #                             string; False where it is modelled on the catalog description.
-#   nvsentinel_action         NVSentinel's RecommendedAction for the default rendering.
+#   nvsentinel_action         NVSentinel's RecommendedAction for the code (its "Xids" sheet row);
+#                             144-150 and 154 lines are decided by their text and the metadata
+#                             turns COMPONENT_RESET into RESTART_VM: see "What NVSentinel decides".
 #   aws_severity              AWS check 0 severity for the default rendering.
 #   dcgm_health               `dcgmi health -c` result with all watches set (`dcgmi health -s a`)
 #                             after `dcgmi test --inject -f 230 -v <code>` (DCGM 4.x XID tables;
@@ -345,16 +347,18 @@ XID_CATALOG = MappingProxyType(dict([
          PREAMBLE + "Error status 0x{status} while polling for FSP boot complete, 0x0, 0x0, 0x0, 0x0, 0x0",
          "COMPONENT_RESET", "RESET", "PASS", _NO_DEVICE, True,  # DCGM does not classify 143
          {"status": "65"}),
-    # 144-150: NVSentinel decodes these lines through the catalog's "Xid 144-150 Decode" sheet
-    # (intrinfo/error status, driver-version dependent), which is not public as text. 145's
-    # default line is the one NVSentinel's own end-to-end test expects COMPONENT_RESET for (R570
-    # decoding); the others carry the fallback and are unverified. AWS uses NVLINK5_DEFAULT.
+    # 144-150: NVSentinel decodes a line in this form by its IntrInfo and error status and the
+    # driver branch (NVL5_DECODE below); the entry's action is the Xids sheet's bucket for the
+    # code (WORKFLOW_NVLINK5_ERR), which applies only to a line NVSentinel cannot decode. The
+    # default lines decode (before R575 / from R575 on, nvsentinel_action): 144 NONE /
+    # COMPONENT_RESET, 145 COMPONENT_RESET / NONE, 146 NONE / COMPONENT_RESET, 147 and 148 NONE,
+    # 149 COMPONENT_RESET / NONE, 150 COMPONENT_RESET. AWS uses NVLINK5_DEFAULT.
     _xid(144, "NVLINK_SAW_ERROR", "NVLINK: SAW Error", _NVL5,
          "CONTACT_SUPPORT", "MONITOR", "PASS", _NVLINK, True,
          {"event": "SAW_MVB", "severity": _FATAL, "xc": 0, "link": "00",
           "intr_info": "00000001", "error_status": "00000002"}),
     _xid(145, "NVLINK_RLW_ERROR", "NVLINK: RLW Error", _NVL5,
-         "COMPONENT_RESET", "MONITOR", "PASS", _NVLINK, True,
+         "CONTACT_SUPPORT", "MONITOR", "PASS", _NVLINK, True,
          {"event": "RLW_REMAP", "severity": _FATAL, "xc": 1, "link": "10",
           "intr_info": "00000082", "error_status": "00000040"}),
     _xid(146, "NVLINK_TLW_ERROR", "NVLINK: TLW Error", _NVL5,
@@ -722,19 +726,25 @@ def kmsg_text(record):
 # What the detectors conclude
 # --------------------------------------------------------------------------------------------
 
-def nvsentinel_action(code, text=""):
-    """NVSentinel's RecommendedAction for an XID line's code and text.
+def nvsentinel_action(code, text="", driver_version=None):
+    """NVSentinel's RecommendedAction for an XID line, before its GPU-metadata rule.
 
-    Catalog codes get their entry's action; other codes CONTACT_SUPPORT, NVSentinel's rule for
+    text: the XID line (``NVRM: Xid (PCI:...): N, ...``). A 144-150 line in its NVLink5 form is
+    decoded (nvl5_decode) for driver_version, the version NVSentinel reads from the node's GPU
+    metadata (None: as before R575). XID 154 takes the text inside the last parentheses. Other
+    catalog codes get their entry's action, other codes CONTACT_SUPPORT, NVSentinel's rule for
     codes its catalog does not resolve (NVIDIA's catalog knows more codes than this one, so that
-    answer is approximate for those). XID 154 takes the text inside the last parentheses.
+    answer is approximate for those). nvsentinel_events applies the metadata rule.
     """
     number = _as_code(code)
     if number == 154:
         opening, closing = text.rfind("("), text.rfind(")")
-        if opening == -1 or closing == -1:
+        if opening == -1 or closing == -1 or opening > closing:
             return NVSENTINEL_UNKNOWN_ACTION
         return _NVSENTINEL_154.get(text[opening + 1:closing], NVSENTINEL_UNKNOWN_ACTION)
+    decoded = nvl5_decode(text, driver_version)
+    if decoded is not None and decoded["code"] == number:
+        return decoded["action"]
     if number in XID_CATALOG:
         return XID_CATALOG[number]["nvsentinel_action"]
     return NVSENTINEL_UNKNOWN_ACTION
@@ -806,3 +816,337 @@ def _entry_problems(code, entry):
     if missing:
         problems.append("placeholders without defaults: %s" % ", ".join(sorted(missing)))
     return problems
+
+
+# --------------------------------------------------------------------------------------------
+# What NVSentinel decides
+# --------------------------------------------------------------------------------------------
+#
+# NVIDIA NVSentinel's syslog-health-monitor and platform-connectors, read in the source snapshot
+# of shared/third_party/nvsentinel (commit 42672ae8, after v1.19.0); docs/nvsentinel.md has the
+# details with file references. In short:
+#
+# * Each check of the chart's enabledChecks (NVSENTINEL_CHECKS) reads the journal entries with
+#   _TRANSPORT=kernel and hands each entry's MESSAGE to its handler (syslogmonitor.go). journald
+#   moves a user-space kmsg record's leading "ident:" into SYSLOG_IDENTIFIER (journal_message), so
+#   only records written with their identifier twice (kmsg_text) keep "NVRM: Xid ..." in MESSAGE.
+# * SysLogsXIDError (pkg/xid): "NVRM: GPU at PCI:<pci>: GPU-..." lines teach it a PCI -> UUID
+#   map; an XID line becomes one event: ErrorCode the code (144-150 in NVLink5 form:
+#   "<code>.<subcode>", decoded by NVL5_DECODE), PCI as in the line without ".f", GPU_UUID from
+#   gpu_metadata.json, else from the map. COMPONENT_RESET becomes RESTART_VM unless the UUID came
+#   from the metadata. Fatal = the action is not NONE. The chart's cancellation rules add a
+#   healthy event per cancelled code (NVSENTINEL_CANCELLATIONS).
+# * SysLogsSXIDError (pkg/sxid): needs the metadata's NVLink table to name the GPU behind the
+#   switch port. Fatal SXids CONTACT_SUPPORT, others NONE. Without the port in the table the
+#   handler fails, and the monitor then reads that record again and again without advancing
+#   (processOneEntryAndAdvance returns before journal.Next): its poll never ends, no later record
+#   of any check is processed, and after a restart it resumes at the same record
+#   (nvsentinel_stalls). Never inject an SXid on a node whose metadata does not map the port.
+# * SysLogsGPUFallenOff (pkg/gpufallen): XID 79's "The NVIDIA GPU ... fallen off the bus" record
+#   is a second event, RESTART_BM, ErrorCode GPU_FALLEN_OFF_BUS (its PCI, "dddd:bb:dd.f", never
+#   equals an XID line's, so its duplicate filter does not apply).
+# * platform-connectors (pkg/connectors/kubernetes): fatal events set the node condition named
+#   after the check (NVSENTINEL_SIGNALS); non-fatal ones become Kubernetes Events.
+
+NVSENTINEL_AGENT = "syslog-health-monitor"
+NVSENTINEL_XID_CHECK = "SysLogsXIDError"
+NVSENTINEL_SXID_CHECK = "SysLogsSXIDError"
+NVSENTINEL_FALLEN_CHECK = "SysLogsGPUFallenOff"
+# The chart's syslog-health-monitor enabledChecks, in the order the monitor runs them.
+NVSENTINEL_CHECKS = (NVSENTINEL_XID_CHECK, NVSENTINEL_SXID_CHECK, NVSENTINEL_FALLEN_CHECK)
+NVSENTINEL_FALLEN_ERROR_CODE = "GPU_FALLEN_OFF_BUS"
+# The chart's syslog-health-monitor cancellations: an XID 162 event cancels code 163.
+NVSENTINEL_CANCELLATIONS = MappingProxyType({"162": ("163",)})
+# Where platform-connectors puts an event: node condition or Kubernetes Event.
+NVSENTINEL_SIGNALS = ("condition", "event")
+# NVSentinel decodes NVLink5 IntrInfo with the pattern of driver branches from R575 on, when it
+# knows the driver version (from the GPU metadata), else with the older one.
+NVSENTINEL_R575 = 575
+
+# NVIDIA's resolution buckets that are not RecommendedAction names, as NVSentinel maps them
+# (pkg/common/common.go MapActionStringToProto); any other bucket is CONTACT_SUPPORT.
+NVSENTINEL_BUCKETS = MappingProxyType({
+    "RESTART_APP": "NONE", "IGNORE": "NONE", "XID_154_EVAL": "NONE", "WORKFLOW_XID_45": "NONE",
+    "WORKFLOW_XID_48": "COMPONENT_RESET", "RESET_GPU": "COMPONENT_RESET",
+    "RECOVER_FEATURE_RESET_GPU": "COMPONENT_RESET",
+    "WORKFLOW_XID_168": "RESTART_VM", "RESET_FABRIC": "RESTART_VM",
+})
+
+# The "Xid 144-150 Decode" sheet of NVSentinel's embedded catalog (pkg/common/Xid-Catalog.xlsx),
+# rows in sheet order, rows of one subcode with the same bucket merged: (XID, subcode, IntrInfo
+# pattern before R575, pattern from R575 on, error statuses, resolution bucket). A pattern is the
+# IntrInfo's 32 bits, most significant first, "-" for any bit. A row matches when the line's
+# IntrInfo fits the branch's pattern and its error status is one of the row's, compared as text
+# ("0x%08x" in the line; case matters); a row without statuses takes any. First match wins; no
+# match is NONE (RecommendedAction's zero value), not CONTACT_SUPPORT. NVSentinel reads columns A
+# to F only (the sheet's alternative patterns in G-I are ignored).
+_V1_SAW, _V2_SAW = "------000000----------0000100001", "------000000-------------0000001"
+_V1_REMAP, _V2_REMAP = "------000000----------0010000010", "------000000-------------0000100"
+_V1_RSPCOL, _V2_RSPCOL = "------000000----------0010100010", "------000000-------------0000101"
+_V1_SRC, _V2_SRC = "------000000----------0011100010", "------000000-------------0000111"
+_V1_TAG, _V2_TAG = "------000000----------0100000010", "------000000-------------0001000"
+_V1_TLWCTRL, _V2_TLWCTRL = "------000000----------0100100011", "------000000-------------0001001"
+_V1_TLWRX, _V1_TLWTX = "------000000----------0101000011", "------000000----------0101100011"
+_V1_BER, _V2_BER = "------000000----------1000100110", "------000000-------------0010011"
+_V1_MFDE, _V2_MFDE = "------000000----------1001000110", "------000000-------------0010100"
+_V1_MSE, _V2_MSE = "------000000----------0000000000", "------000000-------------0000000"
+_DEFECT = "0x80000000"  # the software-reported status every subcode lists
+
+
+def _s(*low_bits):
+    return tuple("0x%08x" % value for value in low_bits)
+
+
+def _link_event(event, bucket):
+    """A NETIR_LINK_EVT row: the link event type sits in IntrInfo bits 25-20; no error status."""
+    return (149, "NETIR_LINK_EVT/NETIR_LINK_DOWN", "------%s----------0111000110" % event,
+            "------%s-------------0010001" % event, (), bucket)
+
+
+NVL5_DECODE = (
+    (144, "SAW_MVB", _V1_SAW, _V2_SAW, _s(0x1, 0x4, 0x8, 0x20), "IGNORE"),
+    (144, "SAW_MVB", _V1_SAW, _V2_SAW, _s(0x2, 0x10), "RESET_GPU"),
+    (145, "RLW_CTRL", "------000000----------0001100010", "------000000-------------0000011", (_DEFECT,), "IGNORE"),
+    (145, "RLW_REMAP", _V1_REMAP, _V2_REMAP, _s(0x1, 0x2, 0x4, 0x8, 0x10, 0x20), "XID_154_EVAL"),
+    (145, "RLW_REMAP", _V1_REMAP, _V2_REMAP, _s(0x40, 0x80), "RESET_GPU"),
+    (145, "RLW_REMAP", _V1_REMAP, _V2_REMAP, _s(0x100, 0x200) + (_DEFECT,), "IGNORE"),
+    (145, "RLW_RSPCOL", _V1_RSPCOL, _V2_RSPCOL, _s(0x1) + (_DEFECT,), "IGNORE"),
+    (145, "RLW_RSPCOL", _V1_RSPCOL, _V2_RSPCOL, _s(0x2), "RESET_GPU"),
+    (145, "RLW_RXPIPE", "------000000---------00011000010", "------000000------------00000110", _s(0x1, 0x2, 0x4),
+     "IGNORE"),
+    (145, "RLW_RXPIPE", "------000000----------0011000010", "------000000-------------0000110", _s(0x8) + (_DEFECT,),
+     "IGNORE"),
+    (145, "RLW_SRC_TRACK", _V1_SRC, _V2_SRC, _s(0x1, 0x10, 0x20), "RESET_GPU"),
+    (145, "RLW_SRC_TRACK", _V1_SRC, _V2_SRC, _s(0x2) + (_DEFECT,), "IGNORE"),
+    (145, "RLW_SRC_TRACK", _V1_SRC, _V2_SRC, _s(0x4, 0x8), "XID_154_EVAL"),
+    (145, "RLW_TAGSTATE", _V1_TAG, _V2_TAG, _s(0x1, 0x10000) + (_DEFECT,), "IGNORE"),
+    (145, "RLW_TAGSTATE", _V1_TAG, _V2_TAG, _s(0x2, 0x20000, 0x100000), "RESET_GPU"),
+    (146, "TLW_CTRL", _V1_TLWCTRL, _V2_TLWCTRL, _s(0x1, 0x2) + (_DEFECT,), "IGNORE"),
+    (146, "TLW_CTRL", _V1_TLWCTRL, _V2_TLWCTRL, _s(0x4), "RESET_GPU"),
+    (146, "TLW_RX/TLW_RX_PIPE0", _V1_TLWRX, "------000000-------------0001010", _s(0x1, 0x2) + (_DEFECT,), "IGNORE"),
+    (146, "TLW_RX/TLW_RX_PIPE0", _V1_TLWRX, "------000000-------------0001010", _s(0x4), "RESET_GPU"),
+    (146, "TLW_RX/TLW_RX_PIPE1", _V1_TLWRX, "------000000-------------0001011", _s(0x1, 0x2) + (_DEFECT,), "IGNORE"),
+    (146, "TLW_RX/TLW_RX_PIPE1", _V1_TLWRX, "------000000-------------0001011", _s(0x4), "RESET_GPU"),
+    (146, "TLW_TX/TLW_TX_PIPE0", _V1_TLWTX, "------000000-------------0001100", _s(0x1, 0x2) + (_DEFECT,), "IGNORE"),
+    (146, "TLW_TX/TLW_TX_PIPE0", _V1_TLWTX, "------000000-------------0001100", _s(0x4), "RESET_GPU"),
+    (146, "TLW_TX/TLW_TX_PIPE1", _V1_TLWTX, "------000000-------------0001101", _s(0x1, 0x2) + (_DEFECT,), "IGNORE"),
+    (146, "TLW_TX/TLW_TX_PIPE1", _V1_TLWTX, "------000000-------------0001101", _s(0x4), "RESET_GPU"),
+    (147, "TREX", "------000000----------0110000100", "------000000-------------0001110", _s(0x1) + (_DEFECT,), "IGNORE"),
+    (148, "NVLPW_CTRL/NVLPW", "------000000----------0000000101", "------000000-------------0001111", (_DEFECT,),
+     "IGNORE"),
+    (149, "NETIR/NETIR_INT", "------000000----------0000000110", "------000000-------------0011000", (), "RESET_GPU"),
+) + tuple(_link_event(event, bucket) for event, bucket in (
+    ("000000", "RESET_GPU"), ("000001", "RESET_GPU"), ("000010", "RESET_GPU"), ("000100", "RESET_GPU"),
+    ("001010", "RESET_GPU"), ("001111", "RESET_GPU"), ("010000", "RESET_GPU"), ("010001", "RESET_GPU"),
+    ("010010", "RESET_GPU"), ("010101", "RESET_GPU"), ("010110", "RESET_GPU"), ("100000", "RESET_GPU"),
+    ("100001", "RESET_GPU"), ("100010", "RESET_GPU"), ("100011", "RESET_GPU"), ("100100", "RESET_GPU"),
+    ("100101", "RESET_GPU"), ("100110", "IGNORE"), ("101000", "IGNORE"), ("101010", "RESET_GPU"),
+    ("101011", "RESET_GPU"),
+)) + (
+    (149, "NETIR_BER_EVENT", _V1_BER, _V2_BER, _s(0x0, 0x1, 0x2, 0x3), "IGNORE"),
+    (149, "NETIR_MFDE_EVENT", _V1_MFDE, _V2_MFDE, _s(0x1), "RESET_GPU"),
+    (149, "NETIR_MFDE_EVENT", _V1_MFDE, _V2_MFDE, _s(0x3), "IGNORE"),
+    (149, "NETIR_MFDE_EVENT", _V1_MFDE, _V2_MFDE, _s(0x4, 0x5, 0x7), "RESET_GPU"),
+    (150, "MSE Degraded", _V1_MSE, _V2_MSE, ("0x00000000", "0xFFFFFFFF"), "RESET_GPU"),
+    (150, "MSE_WATCHDOG", _V1_MSE, _V2_MSE, ("0x00000000",), "RESET_GPU"),
+)
+NVL5_CODES = tuple(sorted(set(row[0] for row in NVL5_DECODE)))
+
+# The driver lines NVSentinel's handlers match (pkg/patterns/xid.go, pkg/xid/parser/csv.go,
+# pkg/xid/types.go, pkg/sxid/types.go, pkg/gpufallen/types.go), reduced to the groups it uses.
+_NVS_XID = re.compile(r"NVRM: Xid \(PCI:([0-9a-fA-F:.]+)\): (\d+)")
+_NVS_NVL5 = re.compile(r"NVRM: Xid \(PCI:([^)]+)\): (\d+)(?:, pid=[^,]*)?(?:, name=[^,]*)?, "
+                       r"(\w+)\s+(\w+)\s+(\w+)\s+(\w+)\s+Link\s+(-?\d+)\s+\((0x[0-9a-fA-F]+)\s+(0x[0-9a-fA-F]+)")
+_NVS_GPU_AT = re.compile(r"NVRM: GPU at PCI:([0-9a-fA-F:.]+): (GPU-[0-9a-fA-F-]+)")
+_NVS_SXID = re.compile(r"nvidia-nvswitch(\d+): SXid \(PCI:([0-9a-fA-F:.]+)\): (\d+), (Fatal|Non-fatal), Link (\d+) (.+)")
+_NVS_FALLEN = re.compile(r"(?s)NVRM: The NVIDIA GPU ([0-9a-fA-F:.]+).*?fallen off the bus and is not responding to commands")
+_NVS_PCI_ID = re.compile(r"PCI ID: ([0-9a-fA-F:]+)")
+
+
+def journal_message(written):
+    """(SYSLOG_IDENTIFIER, MESSAGE) journald stores for a record user space wrote to /dev/kmsg.
+
+    journald's syslog_parse_identifier (journald-syslog.c, applied by dev_kmsg_record to records
+    whose facility is not kernel, which no user-space record has): the first word, when it ends
+    with ":", is the identifier (without a "[pid]" suffix) and one blank after it is dropped.
+    The inverse of kmsg_text for the records this catalog renders.
+    """
+    stripped = written.lstrip(" \t\n\r")
+    word = re.match(r"[^ \t\n\r]*", stripped).group(0)
+    if not word.endswith(":"):
+        return None, written
+    ident = word[:-1]
+    if ident.endswith("]") and "[" in ident:
+        ident = ident[:ident.rindex("[")]
+    rest = stripped[len(word):]
+    if rest[:1] in (" ", "\t", "\n", "\r"):
+        rest = rest[1:]
+    return ident, rest
+
+
+def nvsentinel_bucket_action(bucket):
+    """NVSentinel's RecommendedAction for one of NVIDIA's resolution buckets."""
+    name = bucket.strip().upper()
+    if name in NVSENTINEL_ACTIONS:
+        return name
+    return NVSENTINEL_BUCKETS.get(name, NVSENTINEL_UNKNOWN_ACTION)
+
+
+def is_r575_or_newer(driver_version):
+    """True for a driver version string of branch 575 or newer ("575.57.08"); False otherwise."""
+    major = str(driver_version or "").split(".", 1)[0]
+    return major.isdigit() and int(major) >= NVSENTINEL_R575
+
+
+def intr_info_matches(pattern, intr_info):
+    """Whether a 32-bit IntrInfo value fits a decode pattern ("-" for any bit)."""
+    bits = format(intr_info & 0xFFFFFFFF, "032b")[-len(pattern):].rjust(len(pattern), "0")
+    return all(want in ("-", got) for want, got in zip(pattern, bits))
+
+
+def nvl5_decode(line, driver_version=None):
+    """What NVSentinel makes of an NVLink5 XID line, or None when it does not decode it.
+
+    None unless the line has the NVLink5 form and its code has decode rows (144-150): NVSentinel
+    then treats it as any other XID line. Otherwise ``{code, subcode, error_code, action, row}``:
+    error_code ``"<code>.<subcode>"`` with the subcode as the line writes it, action from the
+    first matching row of NVL5_DECODE for the driver branch (NONE when no row matches, row None).
+    """
+    match = _NVS_NVL5.search(line or "")
+    if match is None or int(match.group(2)) not in NVL5_CODES:
+        return None
+    code, subcode = int(match.group(2)), match.group(3)
+    intr_info, status = int(match.group(8), 16), match.group(9)
+    branch = 3 if is_r575_or_newer(driver_version) else 2
+    for row in NVL5_DECODE:
+        if row[0] == code and (not row[4] or status in row[4]) and intr_info_matches(row[branch], intr_info):
+            return {"code": code, "subcode": subcode, "error_code": "%d.%s" % (code, subcode),
+                    "action": nvsentinel_bucket_action(row[5]), "row": row}
+    return {"code": code, "subcode": subcode, "error_code": "%d.%s" % (code, subcode), "action": "NONE", "row": None}
+
+
+def _metadata_pci(pci):
+    """PCI address as NVSentinel's metadata reader keys it: dddd:bb:dd, lower case."""
+    parts = pci.split(":")
+    if len(parts) != 3:
+        return pci.lower()
+    return ("%s:%s:%s" % (parts[0][-4:], parts[1], parts[2].split(".", 1)[0])).lower()
+
+
+def _metadata_index(metadata):
+    """(GPU by PCI, (GPU, port) by (NVSwitch PCI, port)) from gpu_metadata.json's content."""
+    if metadata is None:
+        return {}, {}
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("gpus", []), list):
+        raise ValueError("GPU metadata must be gpu_metadata.json's content: a dict with a list 'gpus'")
+    by_pci, links = {}, {}
+    for gpu in metadata.get("gpus") or []:
+        if not isinstance(gpu, dict) or not gpu.get("pci_address") or not gpu.get("uuid"):
+            raise ValueError("every GPU of the metadata needs pci_address and uuid, got %r" % (gpu,))
+        by_pci[_metadata_pci(gpu["pci_address"])] = gpu
+        for link in gpu.get("nvlinks") or []:
+            links[(_metadata_pci(link["remote_pci_address"]), int(link["remote_link_id"]))] = gpu
+    return by_pci, links
+
+
+def _event(check, error_code, action, pci, uuid=None, healthy=False, fatal=None, **extra):
+    fatal = (action != "NONE") if fatal is None else fatal
+    event = {"check": check, "error_code": error_code, "action": action, "fatal": fatal and not healthy,
+             "healthy": healthy, "pci": pci, "gpu_uuid": uuid or None,
+             "signal": "condition" if healthy or fatal else "event"}
+    event.update(extra)
+    return event
+
+
+def nvsentinel_events(messages, metadata=None, cancellations=NVSENTINEL_CANCELLATIONS):
+    """The health events NVSentinel's syslog-health-monitor publishes for one injection.
+
+    messages: the journal MESSAGEs of the injection's records in order (journal_message of what
+    was written; the records themselves for the agent's default record form). metadata: the
+    node's gpu_metadata.json content as NVSentinel reads it (driver_version, gpus with uuid,
+    pci_address, gpu_id and nvlinks), or None when the node has none. cancellations: the chart's
+    rules, {error code: codes it cancels}.
+
+    Returns one dict per event, in the order the monitor publishes them (its checks in turn):
+    ``{check, error_code, action, fatal, healthy, pci, gpu_uuid, signal}`` (SXids add ``gpu``,
+    ``nvswitch`` and ``link``; the fallen-off-the-bus event ``pci_id``). The monitor's state
+    across injections (the PCI -> UUID map, recent XIDs) is not carried over.
+    """
+    by_pci, links = _metadata_index(metadata)
+    driver = (metadata or {}).get("driver_version")
+    return (_xid_events(messages, by_pci, driver, cancellations) + _sxid_events(messages, links)
+            + _fallen_events(messages))
+
+
+def _xid_events(messages, by_pci, driver, cancellations):
+    events, seen_uuids = [], {}
+    for message in messages:
+        mapping = _NVS_GPU_AT.search(message)
+        if mapping:
+            seen_uuids[mapping.group(1).split(".", 1)[0]] = mapping.group(2)
+            continue
+        decoded = nvl5_decode(message, driver)
+        match = _NVS_NVL5.search(message) if decoded else _NVS_XID.search(message)
+        if match is None:
+            continue
+        pci = match.group(1).split(".", 1)[0]
+        gpu = by_pci.get(_metadata_pci(pci))
+        uuid = gpu["uuid"] if gpu else seen_uuids.get(pci)
+        if decoded:
+            code, action = decoded["error_code"], decoded["action"]
+        else:
+            code, action = match.group(2), nvsentinel_action(match.group(2), message, driver)
+        if gpu is None and action == "COMPONENT_RESET":
+            action = "RESTART_VM"
+        events.append(_event(NVSENTINEL_XID_CHECK, code, action, pci, uuid))
+        events.extend(_event(NVSENTINEL_XID_CHECK, cancelled, "NONE", pci, uuid, healthy=True)
+                      for cancelled in cancellations.get(code, ()))
+    return events
+
+
+def nvsentinel_stalls(messages, metadata=None):
+    """The MESSAGEs NVSentinel's syslog monitor cannot get past: SXids whose NVSwitch port the
+    node's GPU metadata does not map to a GPU (all of them without metadata).
+
+    At such a record the SysLogsSXIDError handler fails and the monitor retries it forever: no
+    later record is processed by any check, also after a restart. [] when there is none.
+    """
+    links = _metadata_index(metadata)[1]
+    return [message for message, match in _sxid_matches(messages)
+            if (_metadata_pci(match.group(2)), int(match.group(5))) not in links]
+
+
+def _sxid_matches(messages):
+    for message in messages:
+        match = _NVS_SXID.search(message)
+        if match is not None:
+            yield message, match
+
+
+def _sxid_events(messages, links):
+    events = []
+    for _message, match in _sxid_matches(messages):
+        gpu = links.get((_metadata_pci(match.group(2)), int(match.group(5))))
+        if gpu is None:
+            continue  # the monitor stalls here: nvsentinel_stalls
+        fatal = match.group(4) != "Non-fatal"
+        events.append(_event(NVSENTINEL_SXID_CHECK, str(int(match.group(3))), "CONTACT_SUPPORT" if fatal else "NONE",
+                             match.group(2), gpu["uuid"], fatal=fatal, gpu=gpu.get("gpu_id"),
+                             nvswitch=int(match.group(1)), link=int(match.group(5))))
+    return events
+
+
+def _fallen_events(messages):
+    events, xid_pcis = [], set()
+    for message in messages:
+        xid = _NVS_XID.search(message)
+        if xid:
+            xid_pcis.add(xid.group(1))
+            continue
+        match = _NVS_FALLEN.search(message)
+        if match is None or match.group(1) in xid_pcis:
+            continue
+        pci_id = _NVS_PCI_ID.search(message)
+        events.append(_event(NVSENTINEL_FALLEN_CHECK, NVSENTINEL_FALLEN_ERROR_CODE, "RESTART_BM", match.group(1),
+                             pci_id=pci_id.group(1) if pci_id else None))
+    return events

@@ -22,10 +22,10 @@ description:
     C(fault-injection.gpu-resilience.io/drill-ledger=<drill>). Its data key C(ledger.json) holds a
     JSON object with C(version) (1), C(drill), C(created) (RFC 3339), C(meta) and C(entries).
   - For a C(node) entry the module reads the node and stores its state before the drill in the
-    entry's C(before) - C(unschedulable), C(taints), C(labels), C(annotations), C(resourceVersion) and
-    C(uid) - the format that M(gpu_resilience.fault_injection.node_marks_restore) restores. The first
-    record of a node wins; a later entry for the same node adds nothing, so the record stays the
-    state before the drill.
+    entry's C(before) - C(unschedulable), C(taints), C(labels), C(annotations), C(conditions) (type,
+    status, reason), C(resourceVersion) and C(uid) - the format that
+    M(gpu_resilience.fault_injection.node_marks_restore) restores. The first record of a node wins;
+    a later entry for the same node adds nothing, so the record stays the state before the drill.
   - Every write is conditional on the ConfigMap's C(resourceVersion); when someone else changed the
     ledger in between (HTTP 409), the module reads it again and redoes its update, a few times.
   - The ledger has no owner, so it outlives the drill's objects until I(state=absent) deletes it.
@@ -78,7 +78,9 @@ options:
         that does not exist fails the task and nothing is recorded.
       - C(shim_patch) - C(api_version), C(kind), C(namespace), C(name) of a workload given the
         CUDA shim; C(api_version) may be left out for the kinds that
-        M(gpu_resilience.fault_injection.cuda_shim_patch) knows.
+        M(gpu_resilience.fault_injection.cuda_shim_patch) knows (C(pod_template_path) for the others).
+        The module adds C(before) - whether the workload exists, whether it carries the shim, and a
+        sha256 of its pod templates - which the drill's self-check compares after the cleanup.
       - C(faults) - C(drill), the drill id of the GPUFault objects.
       - C(object) - C(api_version), C(kind), C(namespace) (empty for a cluster-scoped object),
         C(name) of any object the drill creates or changes.
@@ -90,7 +92,8 @@ options:
     default: []
 notes:
   - Needs C(get), C(list), C(create), C(update) and C(delete) on C(configmaps) in I(namespace), and
-    C(get) on C(nodes) for C(node) entries.
+    C(get) on C(nodes) for C(node) entries (C(list) for more than five), and C(get) on the workload of a
+    C(shim_patch) entry.
   - A ConfigMap holds at most 1 MiB; a node's snapshot takes about as much as its labels and
     annotations, so a ledger holds hundreds of nodes.
   - A ledger whose C(ledger.json) cannot be read is never overwritten (I(state=present) fails);
@@ -167,6 +170,7 @@ ledger:
           taints: []
           labels: {"kubernetes.io/hostname": gpu-node-1, "nvidia.com/gpu.present": "true"}
           annotations: {"node.alpha.kubernetes.io/ttl": "0"}
+          conditions: [{type: Ready, status: "True", reason: KubeletReady}]
           resourceVersion: "48213"
           uid: 0b6f0f0e-5d1c-4a5e-9a57-1f7b9d2a3c11
 added:
@@ -198,14 +202,13 @@ resource_version:
   sample: "48230"
 """
 
-from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import drill_ledger, kube, node_restore
+from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import drill_ledger, drill_verify, kube
+from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import node_restore, shim_patch
 from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils.drill_ledger import LedgerError
 from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils.kube import KubeError
 
 STATES = ("present", "absent")
 MAX_ATTEMPTS = 5
-# Up to this many nodes are read one by one (a GET each); more with one list of all nodes.
-FEW_NODES = 5
 
 
 def argument_spec():
@@ -268,15 +271,7 @@ class Ledgers:
         """node -> its snapshot; fails naming every node that does not exist. A few nodes are read
         one by one; a fleet's with one list of all nodes (one request instead of hundreds)."""
         found, missing = {}, []
-        if len(nodes) > FEW_NODES:
-            items, _version = kube.list_objects(self.k8s, self.nodes)
-            listed = dict((n["metadata"]["name"], n) for n in items)
-            lookup = listed.get
-        else:
-            def lookup(name):
-                return kube.get(self.k8s, self.nodes, name)
-        for name in nodes:
-            node = lookup(name)
+        for name, node in kube.get_named(self.k8s, self.nodes, nodes).items():
             if node is None:
                 missing.append(name)
             else:
@@ -287,19 +282,35 @@ class Ledgers:
                             % ("s" if len(missing) > 1 else "", ", ".join(missing), "their" if len(missing) > 1 else "its"))
         return found
 
+    def workload(self, entry):
+        """What the drill's self-check compares afterwards of a workload given the shim."""
+        api_version = entry.get("api_version") or shim_patch.default_api_version(entry["kind"])
+        if not api_version:
+            raise KubeError("%s: give its api_version (kind %s is not one cuda_shim_patch knows)"
+                            % (drill_ledger.describe_entry(entry), entry["kind"]))
+        res = kube.resource(self.k8s, api_version, entry["kind"])
+        obj = kube.get(self.k8s, res, entry["name"], entry["namespace"])
+        try:
+            return drill_verify.workload_state(obj, entry["kind"], entry.get("pod_template_path"))
+        except shim_patch.ShimPatchError as e:
+            raise KubeError("%s: %s" % (drill_ledger.describe_entry(entry), e))
+
     # --- state=present -------------------------------------------------------------------------
 
     def present(self, drill, meta, entries):
         drill_ledger.validate_drill(drill)
         entries = [drill_ledger.validate_entry(e, n) for n, e in enumerate(entries or [], 1)]
-        snapshots = {}
+        snapshots, workloads = {}, {}
         for _attempt in range(MAX_ATTEMPTS):
             obj, stored = self.read_for_update(drill)
-            # A node is read once per run: a retry after a conflict reuses the first reading, so
-            # the state recorded is the one seen before this task wrote anything.
+            # A node or workload is read once per run: a retry after a conflict reuses the first
+            # reading, so the state recorded is the one seen before this task wrote anything.
             wanted = [n for n in drill_ledger.nodes_to_snapshot(stored, entries) if n not in snapshots]
             snapshots.update(self.snapshots(wanted))
-            ledger, added, created = drill_ledger.update(stored, drill, meta, entries, snapshots, self.now())
+            for entry in drill_ledger.workloads_to_read(stored, entries):
+                if drill_ledger.identity(entry) not in workloads:
+                    workloads[drill_ledger.identity(entry)] = self.workload(entry)
+            ledger, added, created = drill_ledger.update(stored, drill, meta, entries, snapshots, self.now(), workloads)
             changed = stored != ledger
             result = dict(changed=changed, ledger=ledger, added=added, created=created,
                           name=drill_ledger.ledger_name(drill), namespace=self.namespace,

@@ -126,9 +126,32 @@ options:
     type: raw
   result:
     description:
-      - The drill's result. Default, C(failed) when any phase failed or ended in error, else C(passed).
+      - The drill's result. Default, C(failed) when any phase failed or ended in error or
+        I(verification) lists a difference, else C(passed).
     type: str
     choices: [passed, failed]
+  verification:
+    description:
+      - The drill's self-check after its cleanup - the C(verification) that
+        M(gpu_resilience.fault_injection.drill_ledger_info) returns with I(verify) (its C(checked) and
+        C(differences)). Left out, the reports say nothing about it.
+      - The JUnit report gets a test case C(cluster-as-before), failed with every difference; the JSON
+        timeline a C(verification) (C(as_before), C(checked), C(differences)); the picture a note per
+        difference.
+    type: dict
+    suboptions:
+      checked:
+        description: What was compared, in words.
+        type: list
+        elements: str
+        default: []
+      differences:
+        description:
+          - Each difference, a dict with C(text) (a sentence) and optionally C(object), C(field),
+            C(before) and C(now).
+        type: list
+        elements: raw
+        default: []
   formats:
     description:
       - Which reports to write.
@@ -250,6 +273,14 @@ summary:
       description: From the first C(inject) event to the last C(recovery) event.
       type: float
       sample: 12.1
+    as_before:
+      description: Whether the self-check (I(verification)) found the cluster as before; null without it.
+      type: bool
+      sample: true
+    differences:
+      description: How many differences the self-check found; null without it.
+      type: int
+      sample: 0
     nodes:
       description:
         - Per node, the same measures from that node's first C(inject) event to its own events, its
@@ -306,6 +337,10 @@ def argument_spec():
         started=dict(type="raw"),
         finished=dict(type="raw"),
         result=dict(type="str", choices=list(drill_report.RESULTS)),
+        verification=dict(type="dict", options=dict(
+            checked=dict(type="list", elements="str", default=[]),
+            differences=dict(type="list", elements="raw", default=[]),
+        )),
         formats=dict(type="list", elements="str", choices=list(drill_report.FORMATS),
                      default=list(drill_report.FORMATS)),
     )
@@ -364,7 +399,7 @@ def run(module):
     p = module.params
     report = drill_report.build_report(p["drill"], phases=p["phases"], events=p["events"],
                                        target_nodes=p["target_nodes"], started=p["started"],
-                                       finished=p["finished"], result=p["result"])
+                                       finished=p["finished"], result=p["result"], verification=p["verification"])
     dest = p["dest"]
     if os.path.exists(dest) and not os.path.isdir(dest):
         raise ReportFileError("dest %s exists and is not a directory" % dest)

@@ -73,6 +73,14 @@ options:
         description: The node's state before the drill, as for the top-level I(before).
         type: dict
         required: true
+  drill:
+    description:
+      - The drill the marks are restored for (its id). Then marks of other drills are never written
+        back - a node that now carries another drill's label C(fault-injection.gpu-resilience.io/drill)
+        is in that drill's hands and is left alone (returned with C(held_by), and a warning), and
+        another drill's label in I(before) is not restored (that drill's cleanup removes it).
+      - Without it, the in-scope marks are made equal to I(before) whoever set them.
+    type: str
   scope:
     description: Which marks are restored; each suboption has its default when left out.
     type: dict
@@ -88,12 +96,12 @@ options:
       keys:
         description:
           - Exact label, annotation and taint keys that are restored too.
-          - The default is NVSentinel fault-quarantine's annotations, which have no prefix.
+          - The default is the annotations of NVSentinel's fault-quarantine and fault-remediation, which have no prefix.
         type: list
         elements: str
         default: [quarantineHealthEvent, quarantineHealthEventIsCordoned, quarantineHealthEventAppliedTaints,
                   quarantineHealthEventAppliedLabels, quarantineHealthEventCordonPreExisting,
-                  quarantinedNodeUncordonedManually, quarantinedNodeUntaintedManually, quarantineValidationHealthEvent]
+                  quarantinedNodeUncordonedManually, quarantinedNodeUntaintedManually, latestFaultRemediationState]
       ignore:
         description:
           - Keys never restored although in scope. The defaults are the health agent's heartbeat,
@@ -181,6 +189,13 @@ patch:
     - {op: remove, path: /metadata/labels/gpu-healthcheck.aws-samples.io~1status}
     - {op: remove, path: /spec/taints}
     - {op: remove, path: /spec/unschedulable}
+held_by:
+  description:
+    - With I(drill), the other drill whose label the node carries, so its marks were left alone;
+      null when the node was restored (or found as recorded).
+  returned: with I(name)
+  type: str
+  sample: null
 restored:
   description:
     - What changed, from the value found on the node to the value restored (null - absent).
@@ -242,6 +257,9 @@ nodes:
       description: As the top-level I(patch), for this node.
       type: list
       elements: dict
+    held_by:
+      description: As the top-level I(held_by), for this node.
+      type: str
     restored:
       description: As the top-level I(restored), for this node.
       type: dict
@@ -251,6 +269,7 @@ nodes:
   sample:
     - name: gpu-node-1
       changed: true
+      held_by: null
       patch:
         - {op: test, path: /metadata/resourceVersion, value: "48311"}
         - {op: remove, path: /spec/unschedulable}
@@ -258,6 +277,7 @@ nodes:
       node: {name: gpu-node-1, resource_version: "48320", unschedulable: false, taints: [], labels: {}, annotations: {}}
     - name: gpu-node-2
       changed: false
+      held_by: null
       patch: []
       restored: {}
       node: {name: gpu-node-2, resource_version: "48102", unschedulable: false, taints: [], labels: {}, annotations: {}}
@@ -271,7 +291,8 @@ restored_nodes:
   sample: [gpu-node-1]
 """
 
-from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import fault_api, kube, node_marks
+from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import drill_claims, drill_ledger, fault_api
+from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import kube, node_marks
 from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import node_restore
 from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils.kube import KubeError
 from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils.node_restore import RestoreError
@@ -288,6 +309,7 @@ def argument_spec():
             name=dict(type="str", required=True),
             before=dict(type="dict", required=True),
         )),
+        drill=dict(type="str"),
         scope=dict(type="dict", apply_defaults=True, options=dict(
             prefixes=dict(type="list", elements="str", default=list(node_restore.DEFAULT_PREFIXES)),
             keys=dict(type="list", elements="str", default=DEFAULT_KEYS, no_log=False),
@@ -324,13 +346,14 @@ class BatchFailed(KubeError):
 class Restorer:
     """Restores one node. k8s is kubernetes.core's client (or a stand-in in unit tests)."""
 
-    def __init__(self, k8s, name, before, scope, check_mode=False, res=None):
+    def __init__(self, k8s, name, before, scope, check_mode=False, res=None, drill=None):
         self.k8s = k8s
         self.name = fault_api.validate_node_name(name)
         self.before = node_restore.validate_snapshot(before)
         self.scope = node_restore.make_scope(**scope)
         self.check_mode = check_mode
         self.res = res or kube.resource(k8s, "v1", "Node")
+        self.owner = (drill_claims.NODE_DRILL_LABEL, drill_ledger.validate_drill(drill)) if drill else None
         self.warnings = []
 
     def run(self, node=None):
@@ -339,7 +362,11 @@ class Restorer:
             if node is None:
                 node = self.read()
             self.check_uid(node)
-            planned = node_restore.plan(node, self.before, self.scope)
+            planned = node_restore.plan(node, self.before, self.scope, self.owner)
+            holder = planned["held_by"]
+            if holder:
+                self.warnings.append("node %s carries the label %s=%s: it is in drill %s's hands now, so its marks are "
+                                     "left to that drill's cleanup" % (self.name, drill_claims.NODE_DRILL_LABEL, holder, holder))
             if not planned["changed"] or self.check_mode:
                 return self.result(planned, node, planned["changed"])
             try:
@@ -401,6 +428,7 @@ class Restorer:
             taints = state["taints"]
         return dict(
             changed=changed,
+            held_by=planned["held_by"],
             patch=planned["patch"] if changed else [],
             restored=planned["restored"] if changed else {},
             node=dict(name=self.name, resource_version=state["resourceVersion"],
@@ -425,18 +453,18 @@ class BatchRestorer:
     when its patch meets a conflict.
     """
 
-    def __init__(self, k8s, entries, scope, check_mode=False):
+    def __init__(self, k8s, entries, scope, check_mode=False, drill=None):
         names = [entry["name"] for entry in entries]
         node_restore.check_batch(names)
         res = kube.resource(k8s, "v1", "Node")
         self.k8s = k8s
         self.res = res
-        self.restorers = [self.member(k8s, entry, scope, check_mode, res) for entry in entries]
+        self.restorers = [self.member(k8s, entry, scope, check_mode, res, drill) for entry in entries]
 
     @staticmethod
-    def member(k8s, entry, scope, check_mode, res):
+    def member(k8s, entry, scope, check_mode, res, drill):
         try:
-            return Restorer(k8s, entry["name"], entry["before"], scope, check_mode=check_mode, res=res)
+            return Restorer(k8s, entry["name"], entry["before"], scope, check_mode=check_mode, res=res, drill=drill)
         except RestoreError as e:
             raise RestoreError("node %s: %s" % (entry["name"], e))
 
@@ -490,11 +518,13 @@ def main():
     try:
         k8s = kube.client(module)
         if params["nodes"] is not None:
-            restorer = BatchRestorer(k8s, params["nodes"], params["scope"], check_mode=module.check_mode)
+            restorer = BatchRestorer(k8s, params["nodes"], params["scope"], check_mode=module.check_mode,
+                                     drill=params["drill"])
         else:
-            restorer = Restorer(k8s, params["name"], params["before"], params["scope"], check_mode=module.check_mode)
+            restorer = Restorer(k8s, params["name"], params["before"], params["scope"], check_mode=module.check_mode,
+                                drill=params["drill"])
         result = restorer.run()
-    except (KubeError, RestoreError, fault_api.FaultSpecError) as e:
+    except (KubeError, RestoreError, fault_api.FaultSpecError, drill_ledger.LedgerError) as e:
         extra = dict(changed=False)
         if isinstance(e, BatchFailed):
             # The nodes of the list restored before the failure stay restored: say so.

@@ -1,6 +1,9 @@
-"""drill_ledger and node_marks_restore on the local control plane: a drill records the nodes' state in
-its ledger, the node is then marked as a drill and a detector would mark it, and the restoration puts
-exactly the in-scope marks back; a drill killed half-way leaves its ledger for a later run to find.
+"""drill_ledger, drill_claim and node_marks_restore on the local control plane: a drill records the
+nodes' state in its ledger, the node is then marked as a drill and a detector would mark it, and the
+restoration puts exactly the in-scope marks back; a drill killed half-way leaves its ledger for a
+later run to find. Claims are all or none and released only by their drill, also by cleanup.yml for
+a drill killed before its ledger; cleanup.yml's verify-only mode names a mark changed behind a
+drill's back and changes nothing.
 
 gpu-node-1 (and, restored together with it, gpu-node-2) is changed (a label, a taint and a cordon);
 the `node` and `nodes` fixtures put their marks back as they were after every test, whatever
@@ -16,9 +19,11 @@ import uuid
 import pytest
 from kubernetes import client
 
-from support import ROOT, ansible_env, ansible_module, exists, kill_run, venv_tool, wait_until
+from support import ROOT, ansible_env, ansible_module, ansible_playbook, exists, kill_run, venv_tool, wait_until
 
 LEDGER = "gpu_resilience.fault_injection.drill_ledger"
+CLAIM = "gpu_resilience.fault_injection.drill_claim"
+CLAIM_LABEL = "fault-injection.gpu-resilience.io/drill-claim"
 RESTORE = "gpu_resilience.fault_injection.node_marks_restore"
 NS = "gpu-fault-injection"
 NODE = "gpu-node-1"
@@ -31,7 +36,7 @@ OUT_OF_SCOPE = "it.gpu-resilience.io/drill-ledger-owner"
 PREFIXES = (DRILL_PREFIX, AWS, "k8saas.nvidia.com/", "dgxc.nvidia.com/")
 KEYS = ("quarantineHealthEvent", "quarantineHealthEventIsCordoned", "quarantineHealthEventAppliedTaints",
         "quarantineHealthEventAppliedLabels", "quarantineHealthEventCordonPreExisting",
-        "quarantinedNodeUncordonedManually", "quarantinedNodeUntaintedManually", "quarantineValidationHealthEvent")
+        "quarantinedNodeUncordonedManually", "quarantinedNodeUntaintedManually", "latestFaultRemediationState")
 IGNORED = (AWS + "last-check", AWS + "results")
 TEST_LABELS = (DRILL_PREFIX + "drill", AWS + "status")
 TEST_ANNOTATIONS = (OUT_OF_SCOPE, "quarantineHealthEvent")
@@ -62,7 +67,7 @@ def agent_namespace(core):
 
 @pytest.fixture()
 def drill(core, agent_namespace):
-    """A fresh drill id; its ledger is deleted afterwards."""
+    """A fresh drill id; its ledger and its claims (and those of <id>-b) are deleted afterwards."""
     name = "it-" + uuid.uuid4().hex[:8]
     yield name
     try:
@@ -70,6 +75,15 @@ def drill(core, agent_namespace):
     except client.ApiException as e:
         if e.status != 404:
             raise
+    coordination = client.CoordinationV1Api(core.api_client)
+    for holder in (name, name + "-b"):
+        coordination.delete_collection_namespaced_lease(agent_namespace, label_selector=CLAIM_LABEL + "=" + holder)
+
+
+def claims(core):
+    """Lease name -> holder of the drill claims in the agent's namespace."""
+    leases = client.CoordinationV1Api(core.api_client).list_namespaced_lease(NS, label_selector=CLAIM_LABEL)
+    return dict((lease.metadata.name, lease.spec.holder_identity) for lease in leases.items)
 
 
 def remember_marks(api_client, core, name):
@@ -344,3 +358,73 @@ def test_a_missing_namespace_names_the_agent_role(core):
     clean_failure(result, "namespace %s does not exist" % namespace)
     assert "gpu_resilience.fault_injection.fault_injector_agent" in result["msg"]
     clean_failure(ansible_module(LEDGER, {"drill": "Bad_Id"}), "must be 1 to 63 lowercase letters")
+
+
+def test_claims_are_all_or_none_and_only_their_drill_releases_them(core, drill):
+    other = drill + "-b"
+    workload = {"kind": "Deployment", "namespace": "it-claims", "name": "web"}
+    made = ansible_module(CLAIM, {"drill": drill, "nodes": [NODE], "workloads": [workload], "meta": {"awx_job_id": "4242"}})
+    assert made.get("changed") and not made.get("failed"), made
+    mine = {"gpu-drill-claim.deployment.it-claims.web": drill, "gpu-drill-claim.node.gpu-node-1": drill}
+    assert claims(core) == mine
+
+    # A fleet drill overlapping it is refused whole, in check mode too, and creates nothing.
+    for check in (True, False):
+        refused = ansible_module(CLAIM, {"drill": other, "nodes": [OTHER_NODE, NODE]}, check=check)
+        clean_failure(refused, "node gpu-node-1 is held by drill %s since " % drill)
+        assert "AWX job 4242" in refused["msg"] and "nothing was changed" in refused["msg"]
+        assert "ansible-playbook gpu_resilience.fault_injection.cleanup -e fault_cleanup_drill=" + drill in refused["msg"]
+        assert claims(core) == mine
+    # So is one on the same workload, elsewhere.
+    clean_failure(ansible_module(CLAIM, {"drill": other, "nodes": ["gpu-node-0"], "workloads": [workload]}),
+                  "Deployment it-claims/web is held by drill " + drill)
+    # A node carrying the label of a drill whose cleanup did not finish is refused as well.
+    core.patch_node(OTHER_NODE, {"metadata": {"labels": {DRILL_PREFIX + "drill": "it-killed"}}})
+    try:
+        clean_failure(ansible_module(CLAIM, {"drill": other, "nodes": [OTHER_NODE]}),
+                      "node gpu-node-2 carries the label %sdrill=it-killed of drill it-killed" % DRILL_PREFIX)
+    finally:
+        core.patch_node(OTHER_NODE, {"metadata": {"labels": {DRILL_PREFIX + "drill": None}}})
+    assert claims(core) == mine
+
+    # Another node is free; each drill releases its own claims only.
+    assert ansible_module(CLAIM, {"drill": other, "nodes": [OTHER_NODE]}).get("changed")
+    released = ansible_module(CLAIM, {"drill": other, "state": "absent"})
+    assert [c["name"] for c in released["claims"]] == ["gpu-drill-claim.node.gpu-node-2"] and claims(core) == mine
+    assert ansible_module(CLAIM, {"drill": drill, "state": "absent"}).get("changed") and claims(core) == {}
+
+
+def test_cleanup_releases_the_claims_of_a_drill_killed_before_its_ledger(core, drill):
+    assert ansible_module(CLAIM, {"drill": drill, "nodes": [NODE, OTHER_NODE]}).get("changed")
+    rc, out, _recap = ansible_playbook("cleanup.yml", {"fault_cleanup_drill": drill})
+    assert rc == 0, out[-4000:]
+    assert "%s: no ledger; 2 claim(s) released" % drill in out
+    assert claims(core) == {}
+
+
+def test_verify_only_names_a_mark_changed_behind_the_drills_back_then_cleanup_restores_it(
+        api_client, core, drill, node):
+    recorded = ansible_module(LEDGER, {"drill": drill, "entries": [{"type": "node", "node": NODE}]})
+    assert recorded.get("changed") and not recorded.get("failed"), recorded
+    snapshot = recorded["ledger"]["entries"][0]["before"]
+    # Behind the drill's back: a detector's label and taint.
+    core.patch_node(NODE, {"metadata": {"labels": {AWS + "status": "fail"}}}, field_manager="someone-else")
+    taints = list(core.read_node(NODE).spec.taints or []) + [client.V1Taint(**UNHEALTHY)]
+    core.patch_node(NODE, {"spec": {"taints": taints}}, field_manager="someone-else")
+    changed = raw_node(api_client, core)
+
+    rc, out, _recap = ansible_playbook("cleanup.yml", {"fault_cleanup_drill": drill, "fault_cleanup_verify_only": True})
+    assert rc != 0, out[-4000:]
+    assert "The cluster is not as the drill(s) found it, 2 difference(s)" in out, out[-4000:]
+    assert 'node gpu-node-1: label %sstatus was absent, now \\"fail\\" (written by someone-else)' % AWS in out, out[-4000:]
+    assert "node gpu-node-1: taint %sunhealthy=true:NoSchedule added" % AWS in out
+    assert "Nothing was changed (fault_cleanup_verify_only)" in out
+    assert raw_node(api_client, core)["metadata"]["resourceVersion"] == changed["metadata"]["resourceVersion"]
+    assert exists(lambda: ledger_map(core, drill))
+
+    rc, out, _recap = ansible_playbook("cleanup.yml", {"fault_cleanup_drill": drill})
+    assert rc == 0, out[-4000:]
+    assert "%s: 0 fault(s) deleted, 0 workload(s) unshimmed, marks of 1 node(s) as before (1 restored)" % drill in out
+    assert "The cluster was put back as it was: checked node gpu-node-1" in out
+    assert scoped(state_of(raw_node(api_client, core))) == scoped(snapshot)
+    assert not exists(lambda: ledger_map(core, drill))

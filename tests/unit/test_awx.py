@@ -244,7 +244,8 @@ def test_workload_kinds_are_kinds_the_shim_knows():
 def test_yes_no_questions_answer_false_or_true(path):
     # AWX has no boolean question; the playbooks take the strings "true"/"false" through `| bool`.
     for question in load_json(path)["spec"]:
-        if question["variable"].endswith(("_confirm", "_cordon", "_remove_crd", "_suspend", "_clear_nvsentinel")):
+        if question["variable"].endswith(("_confirm", "_cordon", "_remove_crd", "_suspend", "_clear_nvsentinel",
+                                          "_verify_only")):
             assert question["type"] == "multiplechoice" and question["choices"] == ["false", "true"], question
 
 
@@ -266,7 +267,7 @@ def test_the_brief_variables_are_asked():
                         "fault_scenario_node_percent", "fault_scenario_max_nodes", "fault_scenario_max_percent",
                         "fault_scenario_detector", "fault_scenario_confirm", "fault_scenario_report_dir"},
         "all_xids": {"all_xids_node", "all_xids_codes", "all_xids_detector"},
-        "cleanup": {"fault_cleanup_drill", "fault_cleanup_ledger_namespace"},
+        "cleanup": {"fault_cleanup_drill", "fault_cleanup_ledger_namespace", "fault_cleanup_verify_only"},
         "demo_workload": {"demo_workload_state", "demo_workload_namespace", "demo_workload_replicas"},
     }
     for name, variables in expected.items():

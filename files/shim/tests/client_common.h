@@ -19,6 +19,7 @@
 /* Scratch arguments for every call (the fake driver never dereferences module/function handles). */
 static struct {
     CUcontext ctx, ctx2;
+    CUgreenCtx green;
     CUdevice dev;
     CUstream stream, stream2;
     CUevent ev, ev2;

@@ -11,6 +11,8 @@
  *   gdep [deepbind]   the same through libcudart.so.12's cudaGetDriverEntryPoint[ByVersion], plus
  *                     the runtime's own functions through dlsym on its handle; with deepbind the
  *                     runtime is loaded RTLD_DEEPBIND, so it binds the real driver and dlsym directly
+ *   future            cuEventQuery, first at a version newer than the shim's table (the fake's
+ *                     cuEventQuery_v99 answers), then at CUDA 13.5 (FUTURE)
  */
 #include "client_common.h"
 
@@ -115,6 +117,32 @@ static void newest(int via, int ver)
     }
 }
 
+/* A base name asked for first at a version above anything the shim was checked against (so no
+ * earlier lookup has shown the shim the driver's pointers), then at CUDA 13.5. */
+static void future(void)
+{
+    static const int versions[] = { 99000, 13050 };
+    size_t k;
+
+    H.setup(0);
+    for (k = 0; k < sizeof(versions) / sizeof(versions[0]); k++) {
+        const struct row *want = expected_variant("cuEventQuery", versions[k], 0);
+        unsigned long before;
+        void *p = NULL;
+        int rc = lookup(VIA_GPA2, "cuEventQuery", versions[k], 0, &p);
+
+        if (want == NULL || rc != 0 || p == NULL) {
+            printf("FUTURE ver=%d lookup_rc=%d\n", versions[k], rc);
+            continue;
+        }
+        prepare(0);
+        before = H.calls(want->name);
+        rc = want->thunk(p);
+        printf("FUTURE ver=%d variant=%s wrapped=%d rc=%d delta=%lu\n", versions[k], want->name,
+               p != H.lookup("cuEventQuery", versions[k], 0), rc, H.calls(want->name) - before);
+    }
+}
+
 int main(int argc, char **argv)
 {
     const char *cmd = argc > 1 ? argv[1] : "";
@@ -130,6 +158,7 @@ int main(int argc, char **argv)
         gpa1 = (gpa1_t)need_sym(cuda, "cuGetProcAddress");
         gpa2 = (gpa2_t)need_sym(cuda, "cuGetProcAddress_v2");
         by_own_version(strcmp(argv[2], "v1") == 0 ? VIA_GPA1 : VIA_GPA2);
+        newest(strcmp(argv[2], "v1") == 0 ? VIA_GPA1 : VIA_GPA2, 13050);
         newest(strcmp(argv[2], "v1") == 0 ? VIA_GPA1 : VIA_GPA2, 12080);
         newest(strcmp(argv[2], "v1") == 0 ? VIA_GPA1 : VIA_GPA2, 12000);
     } else if (strcmp(cmd, "gdep") == 0) {
@@ -146,8 +175,12 @@ int main(int argc, char **argv)
         for (i = 0; i < N_ROWS; i++)
             if (rows[i].group == GROUP_RUNTIME)
                 report_call("rtdlsym", &rows[i], need_sym(cudart, rows[i].name), 0, NULL);
+    } else if (strcmp(cmd, "future") == 0) {
+        load_helpers(cuda, NULL);
+        gpa2 = (gpa2_t)need_sym(cuda, "cuGetProcAddress_v2");
+        future();
     } else {
-        die("usage: client_cudart_like gpa v1|v2 | gdep [deepbind]");
+        die("usage: client_cudart_like gpa v1|v2 | gdep [deepbind] | future");
     }
     return 0;
 }

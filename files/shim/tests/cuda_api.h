@@ -29,6 +29,7 @@ typedef struct CUfunc_st *CUfunction;
 typedef struct CUlib_st *CUlibrary;
 typedef struct CUkern_st *CUkernel;
 typedef struct CUgraphExec_st *CUgraphExec;
+typedef struct CUgreenCtx_st *CUgreenCtx;
 typedef struct CUuuid_st { char bytes[16]; } CUuuid;
 typedef struct CUexecAffinityParam_st CUexecAffinityParam;
 typedef struct CUctxCreateParams_st CUctxCreateParams;
@@ -50,17 +51,17 @@ typedef struct { unsigned int x, y, z; } dim3;
 #define CUDA_ERROR_INVALID_CONTEXT 201
 #define CUDA_ERROR_INVALID_HANDLE 400
 #define CUDA_ERROR_NOT_FOUND 500
+#define CUDA_ERROR_NOT_SUPPORTED 801
 #define CU_GET_PROC_ADDRESS_DEFAULT 0
 #define CU_GET_PROC_ADDRESS_LEGACY_STREAM 1
 #define CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM 2
 #define FAKE_CUDA_DEVICES 4
-#define FAKE_CUDA_DRIVER_VERSION 12080
+#define FAKE_CUDA_DRIVER_VERSION 13050   /* cudart 13 refuses older drivers (cudaErrorInsufficientDriver) */
 #define FAKE_CUDART_VERSION 12080
 
 /* Every driver entry point the shim intercepts. */
 #define CUDA_DRIVER_COVERED(X) \
     X(cuInit, 2000, HAND, (unsigned int Flags), (Flags), (0)) \
-    X(cuDriverGetVersion, 2020, HAND, (int *driverVersion), (driverVersion), (&S.i)) \
     X(cuDeviceGet, 2000, HAND, (CUdevice *device, int ordinal), (device, ordinal), (&S.dev, 0)) \
     X(cuDeviceGetCount, 2000, HAND, (int *count), (count), (&S.i)) \
     X(cuDeviceGetName, 2000, HAND, (char *name, int len, CUdevice dev), (name, len, dev), (S.buf, 64, 0)) \
@@ -91,7 +92,9 @@ typedef struct { unsigned int x, y, z; } dim3;
     X(cuCtxSetCurrent, 4000, HAND, (CUcontext ctx), (ctx), (S.ctx)) \
     X(cuCtxGetCurrent, 4000, HAND, (CUcontext *pctx), (pctx), (&S.ctx2)) \
     X(cuCtxGetDevice, 2000, HAND, (CUdevice *device), (device), (&S.dev)) \
+    X(cuCtxGetDevice_v2, 13000, HAND, (CUdevice *device, CUcontext ctx), (device, ctx), (&S.dev, S.ctx)) \
     X(cuCtxSynchronize, 2000, GEN, (void), (), ()) \
+    X(cuCtxSynchronize_v2, 13000, GEN, (CUcontext ctx), (ctx), (S.ctx)) \
     X(cuMemGetInfo, 2000, GEN, (unsigned int *freeBytes, unsigned int *totalBytes), (freeBytes, totalBytes), \
       (&S.u, &S.u2)) \
     X(cuMemGetInfo_v2, 3020, GEN, (size_t *freeBytes, size_t *totalBytes), (freeBytes, totalBytes), (&S.sz, &S.sz2)) \
@@ -185,6 +188,10 @@ typedef struct { unsigned int x, y, z; } dim3;
       (f, gx, gy, gz, bx, by, bz, shmem, s, params), (S.fn, 1, 1, 1, 32, 1, 1, 0, S.stream, NULL)) \
     X(cuLaunchHostFunc, 10000, GEN, (CUstream s, CUhostFn fn, void *data), (s, fn, data), (S.stream, NULL, NULL)) \
     X(cuLaunchHostFunc_ptsz, 10000, GEN, (CUstream s, CUhostFn fn, void *data), (s, fn, data), (S.stream, NULL, NULL)) \
+    X(cuLaunchHostFunc_v2, 13010, GEN, (CUstream s, CUhostFn fn, void *data, unsigned int syncMode), \
+      (s, fn, data, syncMode), (S.stream, NULL, NULL, 0)) \
+    X(cuLaunchHostFunc_v2_ptsz, 13010, GEN, (CUstream s, CUhostFn fn, void *data, unsigned int syncMode), \
+      (s, fn, data, syncMode), (S.stream, NULL, NULL, 0)) \
     X(cuGraphLaunch, 10000, GEN, (CUgraphExec g, CUstream s), (g, s), (S.gexec, S.stream)) \
     X(cuGraphLaunch_ptsz, 10000, GEN, (CUgraphExec g, CUstream s), (g, s), (S.gexec, S.stream)) \
     X(cuStreamCreate, 2000, HAND, (CUstream *ps, unsigned int flags), (ps, flags), (&S.stream2, 0)) \
@@ -201,6 +208,10 @@ typedef struct { unsigned int x, y, z; } dim3;
       (S.stream, S.ev, 0)) \
     X(cuStreamGetCtx, 9020, HAND, (CUstream s, CUcontext *pctx), (s, pctx), (S.stream, &S.ctx2)) \
     X(cuStreamGetCtx_ptsz, 9020, HAND, (CUstream s, CUcontext *pctx), (s, pctx), (S.stream, &S.ctx2)) \
+    X(cuStreamGetCtx_v2, 12050, HAND, (CUstream s, CUcontext *pctx, CUgreenCtx *pgreen), (s, pctx, pgreen), \
+      (S.stream, &S.ctx2, &S.green)) \
+    X(cuStreamGetCtx_v2_ptsz, 12050, HAND, (CUstream s, CUcontext *pctx, CUgreenCtx *pgreen), (s, pctx, pgreen), \
+      (S.stream, &S.ctx2, &S.green)) \
     X(cuEventCreate, 2000, HAND, (CUevent *pe, unsigned int flags), (pe, flags), (&S.ev2, 0)) \
     X(cuEventDestroy, 2000, HAND, (CUevent e), (e), (S.ev)) \
     X(cuEventDestroy_v2, 4000, HAND, (CUevent e), (e), (S.ev)) \
@@ -213,6 +224,7 @@ typedef struct { unsigned int x, y, z; } dim3;
     X(cuEventSynchronize, 2000, GEN, (CUevent e), (e), (S.ev)) \
     X(cuEventQuery, 2000, GEN, (CUevent e), (e), (S.ev)) \
     X(cuEventElapsedTime, 2000, GEN, (float *ms, CUevent a, CUevent b), (ms, a, b), (&S.ms, S.ev, S.ev)) \
+    X(cuEventElapsedTime_v2, 12080, GEN, (float *ms, CUevent a, CUevent b), (ms, a, b), (&S.ms, S.ev, S.ev)) \
     X(cuModuleLoad, 2000, GEN, (CUmodule *m, const char *fname), (m, fname), (&S.mod, "kernels.cubin")) \
     X(cuModuleLoadData, 2000, GEN, (CUmodule *m, const void *image), (m, image), (&S.mod, S.hostmem)) \
     X(cuModuleLoadDataEx, 2010, GEN, \
@@ -242,8 +254,14 @@ typedef struct { unsigned int x, y, z; } dim3;
       (const char *symbol, void **pfn, int ver, cuuint64_t flags, CUdriverProcAddressQueryResult *status), \
       (symbol, pfn, ver, flags, status), ("cuInit", &S.ptr, 12000, 0, &S.i))
 
-/* Driver functions the shim does NOT cover: they must pass through untouched, armed or not. */
+/* Driver functions the shim does NOT cover: they must pass through untouched, armed or not.
+ * cuDriverGetVersion: the shim passes it on purpose (answered without a GPU; cudart calls it first).
+ * cuEventQuery_v99: a variant newer than any CUDA the shim's table was checked against (the fake's
+ * own invention, version 99000): a lookup at that version must get the driver's pointer, unwrapped,
+ * since the shim cannot know its parameters. */
 #define CUDA_DRIVER_EXTRA(X) \
+    X(cuDriverGetVersion, 2020, HAND, (int *driverVersion), (driverVersion), (&S.i)) \
+    X(cuEventQuery_v99, 99000, GEN, (CUevent e, unsigned int flags), (e, flags), (S.ev, 0)) \
     X(cuGetExportTable, 3000, HAND, (const void **table, const CUuuid *id), (table, id), (&S.table, &S.uuid)) \
     X(cuGetErrorName, 6000, HAND, (CUresult error, const char **str), (error, str), (100, &S.str)) \
     X(cuGetErrorString, 6000, HAND, (CUresult error, const char **str), (error, str), (100, &S.str)) \

@@ -4,16 +4,20 @@
  *   cc -shared -fPIC -O2 -fno-ipa-icf -Wl,-soname,libcuda.so.1 -o libcuda.so.1 fake_cuda.c -lpthread
  *
  * Exports every driver entry point the shim covers (plain, _v2.._v4, _ptds/_ptsz), a few it does
- * not (cuGetExportTable, cuGetErrorName/String, cuCtxGetFlags) and cuGetProcAddress[_v2] with the
- * CUDA 12 signature. Every call is counted per exact name, so tests can prove that the real function
- * ran (or did not). Behaviour, kept close to the driver where the shim depends on it:
+ * not (cuDriverGetVersion, cuGetExportTable, cuGetErrorName/String, cuCtxGetFlags, and an invented
+ * future variant, cuEventQuery_v99) and cuGetProcAddress[_v2] with the CUDA 12 signature. Every call
+ * is counted per exact name, so tests can prove that the real function ran (or did not). Behaviour,
+ * kept close to the driver where the shim depends on it:
  *   - 4 devices, PCI 0000:53:00.0, 0000:64:00.0, 0000:75:00.0, 0000:86:00.0; device queries and
  *     contexts need cuInit first (CUDA_ERROR_NOT_INITIALIZED otherwise);
  *   - contexts, streams and events are real handles (per-thread context stack, stream -> context);
  *   - cuGetProcAddress picks the variant by base name, version and per-thread flag, and returns
  *     internal entry points (distinct from the exported symbols, as a driver may) unless
  *     FAKE_CUDA_GPA_EXPORTS=1, which returns the exported addresses;
- *   - cuGetExportTable returns a sentinel table.
+ *   - cuGetExportTable returns a sentinel table for the all-zero UUID and refuses every other one
+ *     (CUDA_ERROR_NOT_SUPPORTED): NVIDIA's runtime asks for private tables no stand-in can provide,
+ *     so it stops starting at that point (tests/unit/shim/test_nvidia_runtime.py);
+ *   - cuDriverGetVersion reports 13050 (cudart 13 refuses an older driver).
  * Helpers for tests are exported as fake_cuda_* (not CUDA names, so never intercepted).
  */
 #define _GNU_SOURCE
@@ -318,16 +322,25 @@ static CUresult impl_cuCtxGetCurrent(CUcontext *pctx)
     return CUDA_SUCCESS;
 }
 
-static CUresult impl_cuCtxGetDevice(CUdevice *device)
+static CUresult fake_ctx_device(CUdevice *device, struct fake_obj *o)
 {
-    struct fake_obj *o = fake_current();
-
     if (device == NULL)
         return CUDA_ERROR_INVALID_VALUE;
     if (o == NULL || o->magic != MAGIC_CTX)
         return CUDA_ERROR_INVALID_CONTEXT;
     *device = o->dev;
     return CUDA_SUCCESS;
+}
+
+static CUresult impl_cuCtxGetDevice(CUdevice *device)
+{
+    return fake_ctx_device(device, fake_current());
+}
+
+/* CUDA 13: the context's device; NULL means the current context. */
+static CUresult impl_cuCtxGetDevice_v2(CUdevice *device, CUcontext ctx)
+{
+    return fake_ctx_device(device, ctx == NULL ? fake_current() : fake_obj_of(ctx, MAGIC_CTX));
 }
 
 static atomic_ullong fake_next_dptr = 0x10000;
@@ -476,6 +489,26 @@ static CUresult impl_cuStreamGetCtx_ptsz(CUstream s, CUcontext *pctx)
     return fake_stream_ctx(s, pctx);
 }
 
+/* CUDA 12.5: also the stream's green context, which the fake never has. */
+static CUresult fake_stream_ctx_v2(CUstream s, CUcontext *pctx, CUgreenCtx *pgreen)
+{
+    CUresult rc = fake_stream_ctx(s, pctx);
+
+    if (rc == CUDA_SUCCESS && pgreen != NULL)
+        *pgreen = NULL;
+    return rc;
+}
+
+static CUresult impl_cuStreamGetCtx_v2(CUstream s, CUcontext *pctx, CUgreenCtx *pgreen)
+{
+    return fake_stream_ctx_v2(s, pctx, pgreen);
+}
+
+static CUresult impl_cuStreamGetCtx_v2_ptsz(CUstream s, CUcontext *pctx, CUgreenCtx *pgreen)
+{
+    return fake_stream_ctx_v2(s, pctx, pgreen);
+}
+
 static CUresult impl_cuEventCreate(CUevent *pe, unsigned int flags)
 {
     struct fake_obj *o;
@@ -512,11 +545,19 @@ static CUresult impl_cuEventDestroy_v2(CUevent e)
 
 static const char fake_export_table_sentinel[] = "fake-cuda-export-table";
 
+/* NVIDIA's private export tables (the runtime asks for them by UUID while it starts) are not
+ * something a stand-in can provide: every UUID but the tests' all-zero one is refused, so NVIDIA's
+ * cudart stops starting there with this error instead of calling into a table it cannot have. */
 static CUresult impl_cuGetExportTable(const void **table, const CUuuid *id)
 {
-    (void)id;
-    if (table == NULL)
+    static const CUuuid zero;
+
+    if (table == NULL || id == NULL)
         return CUDA_ERROR_INVALID_VALUE;
+    if (memcmp(id, &zero, sizeof(zero)) != 0) {
+        *table = NULL;
+        return CUDA_ERROR_NOT_SUPPORTED;
+    }
     *table = fake_export_table_sentinel;
     return CUDA_SUCCESS;
 }

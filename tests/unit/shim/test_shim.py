@@ -11,6 +11,7 @@ import queue
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,18 +21,17 @@ import pytest
 
 from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import shim_control, shim_source, xid_catalog
 
-ROOT = Path(__file__).resolve().parents[3]
-SHIM_SRC = ROOT / "files" / "shim"
-FIXTURES = SHIM_SRC / "tests"
-CC = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler (cc, gcc or clang) on PATH: these tests build the shim")
+# shim_build sits beside this file; tests/unit/files/test_inference_server.py loads this file by path
+# and uses its Build, CC and write_control.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shim_build import (CC, FIXTURES, PCI, SHIM_SRC, clean_env, compile_all, compiler,  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import
+                        fake_driver_job, fixture_flags, shim_job, write_control)
 
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
 # Driver functions the shim itself calls on its armed path (to find a call's context and device):
 # when a call to one of them fails, the fake may still have counted the shim's own query.
 SHIM_QUERIES = {"cuCtxGetCurrent", "cuCtxGetDevice", "cuStreamGetCtx", "cuCtxPushCurrent_v2", "cuCtxPopCurrent_v2",
                 "cuDeviceGetPCIBusId"}
-PCI = ["0000:53:00.0", "0000:64:00.0", "0000:75:00.0", "0000:86:00.0"]   # the fake's devices 0-3
 
 
 def api_names(macro):
@@ -55,48 +55,29 @@ class Build:
         self.sanitize = sanitize
         self.shim = self.dir / shim_source.LIBRARY
         self.clients = {name: self.dir / name for name in ("client_symbols", "client_cudart_like")}
-        src = self.dir / "src"
-        src.mkdir()
-        shutil.copy(SHIM_SRC / shim_source.SOURCE_FILE, src / shim_source.SOURCE_FILE)
-        (src / shim_source.HEADER_FILE).write_text(shim_source.xid_header())
         extra = SANITIZE if sanitize else []
-        gcc = b"Free Software Foundation" in subprocess.run([CC, "--version"], capture_output=True, check=False).stdout
-        fixture = [CC, "-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror", "-I", str(FIXTURES)] + extra
+        fixture = fixture_flags(extra)
         out = str(self.dir)
         jobs = {
-            "shim": shim_source.compile_argv(str(src), str(self.shim), compiler=CC) + extra,
-            "libcuda": fixture + ["-shared", "-fPIC", "-Wno-unused-parameter", "-Wl,-soname,libcuda.so.1"]
-            + (["-fno-ipa-icf"] if gcc else []) + ["-o", out + "/libcuda.so.1", str(FIXTURES / "fake_cuda.c"), "-lpthread"],
+            "shim": shim_job(self.dir, extra),
+            "libcuda": fake_driver_job(self.dir, extra),
             "libcudart": fixture + ["-shared", "-fPIC", "-Wl,-soname,libcudart.so.12", "-o", out + "/libcudart.so.12",
                                     str(FIXTURES / "fake_cudart.c"), "-ldl", "-lpthread"],
             "client_cudart_like": fixture + ["-o", out + "/client_cudart_like", str(FIXTURES / "client_cudart_like.c"), "-ldl"],
         }
-        self.results = self._compile(jobs)
+        self.results = compile_all(jobs)
         # client_symbols links the fakes: built after them.
-        self.results.update(self._compile({"client_symbols": fixture + [
+        self.results.update(compile_all({"client_symbols": fixture + [
             "-rdynamic", "-o", out + "/client_symbols", str(FIXTURES / "client_symbols.c"), "-L", out,
             "-l:libcuda.so.1", "-l:libcudart.so.12", "-ldl"]}))
 
-    @staticmethod
-    def _compile(jobs):
-        procs = {name: subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for name, argv in jobs.items()}
-        results = {}
-        for name, proc in procs.items():
-            stdout, stderr = proc.communicate(timeout=120)
-            assert proc.returncode == 0, "%s failed to build:\n%s\n%s" % (name, " ".join(jobs[name]), stderr)
-            results[name] = (jobs[name], stdout + stderr)
-        return results
-
     def env(self, control, preload=True, **extra):
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CUDA_", "FAKE_CUDA", "LD_PRELOAD", "ASAN", "UBSAN"))}
-        env["LD_LIBRARY_PATH"] = str(self.dir)
-        env["CUDA_FAULT_CONTROL_FILE"] = str(control)
+        env = clean_env(LD_LIBRARY_PATH=self.dir, CUDA_FAULT_CONTROL_FILE=control)
         if preload:
             libs = [str(self.shim)]
             if self.sanitize:
                 # the sanitizer runtime must come first in the initial library list
-                libs.insert(0, subprocess.run([CC, "-print-file-name=libasan.so"], capture_output=True, text=True,
+                libs.insert(0, subprocess.run([compiler(), "-print-file-name=libasan.so"], capture_output=True, text=True,
                                               check=True).stdout.strip())
                 env["ASAN_OPTIONS"] = "detect_leaks=1:exitcode=23"
                 env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
@@ -179,19 +160,6 @@ def asan_build(tmp_path_factory):
     return Build(tmp_path_factory.mktemp("shim-asan"), sanitize=True)
 
 
-@pytest.fixture
-def control(tmp_path):
-    (tmp_path / "ctl").mkdir()
-    return tmp_path / "ctl" / shim_control.CONTROL_FILE
-
-
-def write_control(path, text):
-    """Replace the control file the way the node agent does: a temporary name, then rename."""
-    tmp = path.parent / (".%s.tmp" % path.name)
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def calls(stdout):
     """CALL lines -> {(route, name): {"rc": .., "delta": .., "wrapped": ..}}."""
     out = {}
@@ -237,7 +205,7 @@ def test_compile_argv_is_what_the_cluster_runs(build):
     assert not [a for a in argv if a.startswith(("-lcuda", "-L")) or "/usr/local/cuda" in a], "no CUDA include or library"
     # built with exactly that command, and warnings-clean with -Wall -Wextra
     cmd, output = build.results["shim"]
-    assert cmd == shim_source.compile_argv(str(build.dir / "src"), str(build.shim), compiler=CC)
+    assert cmd == shim_source.compile_argv(str(build.dir / "src"), str(build.shim), compiler=compiler())
     assert output.strip() == ""
     assert shim_source.source_text() == (SHIM_SRC / shim_source.SOURCE_FILE).read_text()
 
@@ -247,7 +215,6 @@ def defined_functions(library):
     return {line.split()[-1] for line in out.splitlines() if line.split()[-2] in ("T", "W", "i")}
 
 
-@pytest.mark.skipif(shutil.which("nm") is None, reason="nm (binutils) is not installed")
 def test_exported_symbols_are_exactly_the_table(build):
     exported = defined_functions(build.shim)
     expected = set(COVERED) | set(LOOKUPS) | set(RUNTIME) | {"cudaGetDriverEntryPoint", "cudaGetDriverEntryPointByVersion", "dlsym"}
@@ -295,6 +262,18 @@ def test_disarmed_lookups_hand_out_wrappers_that_pass_through(build, control, ar
     if args[0] == "gdep":
         runtime = {name: r for (route, name), r in got.items() if route == "rtdlsym"}
         assert set(runtime) == set(RUNTIME) and all(r["rc"] == 0 and r["delta"] == 1 for r in runtime.values())
+
+
+@pytest.mark.parametrize("armed", [False, True])
+def test_a_variant_newer_than_the_table_is_handed_out_unwrapped(build, control, armed):
+    """Above CF_API_VERSION the driver may answer with a variant whose parameters the shim cannot
+    know (here the fake's cuEventQuery_v99): the shim hands out the driver's own pointer. The same
+    base name at CUDA 13.5 is wrapped."""
+    env = dict(CUDA_FAULT_INJECTION_ENABLED=1, CUDA_XID_TYPE=79) if armed else {}
+    out = build.run("client_cudart_like", "future", control=control, **env).stdout
+    got = {fields(line)["ver"]: line for line in prefixed(out, "FUTURE")}
+    assert "variant=cuEventQuery_v99 wrapped=0 rc=0 delta=1" in got[99000], out
+    assert "variant=cuEventQuery wrapped=1 " + ("rc=100 delta=0" if armed else "rc=0 delta=1") in got[13050], out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 import copy
 import json
 import os
+import re
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -132,7 +133,8 @@ def test_timeline_is_normalised_and_sorted():
     assert report["phases"][1]["details"] == {"xid": 79, "gpu": "2"}
     doc = json.loads(dr.timeline_json(report))
     assert list(doc) == ["drill", "result", "started", "finished", "duration_seconds", "target_nodes", "phases",
-                         "events", "summary"]
+                         "events", "verification", "summary"]
+    assert doc["verification"] is None and doc["summary"]["as_before"] is None
     assert doc == report
 
 
@@ -456,3 +458,55 @@ def test_docs_example_is_current():
                         "xid79-timeline-example.svg")
     with open(path, encoding="utf-8") as f:
         assert f.read() == dr.timeline_svg(report_of()), "docs/images/xid79-timeline-example.svg is out of date"
+
+
+# --- the self-check (verification) ------------------------------------------------------------------
+
+DIFFERENCE = {"object": "node gpu-node-1", "field": "labels['fault-injection.gpu-resilience.io/drill']",
+              "before": None, "now": "other-drill",
+              "text": "node gpu-node-1: label fault-injection.gpu-resilience.io/drill was absent, now \"other-drill\""}
+CHECKED = ["node gpu-node-1 (marks of the drills and detectors, cordon, conditions)", "the GPUFaults of drill x"]
+
+
+def test_a_clean_self_check_is_reported_and_passes():
+    report = report_of(verification={"checked": CHECKED, "differences": []})
+    assert report["result"] == "passed"
+    assert report["verification"] == {"as_before": True, "checked": CHECKED, "differences": []}
+    assert (report["summary"]["as_before"], report["summary"]["differences"]) == (True, 0)
+    suite = ET.fromstring(dr.junit_xml(report)).find("testsuite")
+    assert (suite.get("tests"), suite.get("failures")) == ("7", "0")
+    case = suite.findall("testcase")[-1]
+    assert case.get("name") == "cluster-as-before" and case.find("failure") is None
+    assert case.find("system-out").text.splitlines() == ["checked: " + c for c in CHECKED]
+    texts = [t.text for t in ET.fromstring(dr.timeline_svg(report)).iter(SVG + "text")]
+    assert "AS BEFORE: the cluster was put back as it was (2 item(s) checked)" in texts
+
+
+def test_every_difference_is_in_each_report_and_fails_the_drill():
+    report = report_of(verification={"checked": CHECKED, "differences": [DIFFERENCE, "workload gone"]})
+    assert report["result"] == "failed" and report["summary"]["differences"] == 2
+    assert report["verification"]["differences"][1] == {"object": None, "field": None, "before": None, "now": None,
+                                                        "text": "workload gone"}
+    assert json.loads(dr.timeline_json(report))["verification"]["differences"][0] == DIFFERENCE
+    suite = ET.fromstring(dr.junit_xml(report)).find("testsuite")
+    assert (suite.get("tests"), suite.get("failures")) == ("7", "1")
+    failure = suite.findall("testcase")[-1].find("failure")
+    assert failure.get("type") == "ClusterNotAsBefore"
+    assert failure.get("message") == "2 difference(s) from before the drill: %s; workload gone" % DIFFERENCE["text"]
+    assert failure.text.splitlines()[:2] == ["difference: " + DIFFERENCE["text"], "difference: workload gone"]
+    texts = [t.text for t in ET.fromstring(dr.timeline_svg(report)).iter(SVG + "text")]
+    assert "NOT AS BEFORE: 2 difference(s) from before the drill" in texts
+    assert DIFFERENCE["text"] in texts and "workload gone" in texts
+
+
+@pytest.mark.parametrize("verification, fragment", [
+    ("yes", "verification must be a dict"),
+    ({"checked": CHECKED, "extra": 1}, "verification: unknown key(s) extra"),
+    ({"checked": "node"}, "checked must be a list of strings"),
+    ({"differences": [{"object": "node n"}]}, "verification.differences[0]: text is required"),
+    ({"differences": [{"text": "x", "why": "y"}]}, "unknown key(s) why"),
+    ({"differences": [3]}, "expected a dict with text"),
+])
+def test_bad_verification_is_named(verification, fragment):
+    with pytest.raises(DrillReportError, match=re.escape(fragment)):
+        report_of(verification=verification)

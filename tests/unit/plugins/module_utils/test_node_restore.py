@@ -183,10 +183,14 @@ class FakeK8s:
         current = self.objects.get(key)
         if current is None:
             raise self._missing(res, name)
-        wanted = ((body or {}).get("preconditions") or {}).get("resourceVersion")
+        preconditions = (body or {}).get("preconditions") or {}
+        wanted = preconditions.get("resourceVersion")
         if wanted and wanted != current["metadata"]["resourceVersion"]:
             raise api_error(409, "Precondition failed: ResourceVersion in precondition: %s, ResourceVersion in object "
                                  "meta: %s" % (wanted, current["metadata"]["resourceVersion"]))
+        if preconditions.get("uid") and preconditions["uid"] != current["metadata"]["uid"]:
+            raise api_error(409, "Precondition failed: UID in precondition: %s, UID in object meta: %s"
+                            % (preconditions["uid"], current["metadata"]["uid"]))
         del self.objects[key]
         return Result({"kind": "Status", "status": "Success"})
 
@@ -287,15 +291,15 @@ def test_snapshot_keeps_everything_restoration_may_need():
     snap = node_restore.snapshot(obj)
     assert snap == {"unschedulable": True, "taints": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}],
                     "labels": obj["metadata"]["labels"], "annotations": obj["metadata"]["annotations"],
-                    "resourceVersion": "100", "uid": "uid-1"}
+                    "conditions": [{"type": "Ready", "status": "True"}], "resourceVersion": "100", "uid": "uid-1"}
     snap["labels"]["x"] = "y"
     assert "x" not in obj["metadata"]["labels"], "the snapshot must be a copy"
 
 
 def test_snapshot_of_a_bare_node():
     snap = node_restore.snapshot({"metadata": {"name": "n", "resourceVersion": "7"}})
-    assert snap == {"unschedulable": False, "taints": [], "labels": {}, "annotations": {}, "resourceVersion": "7",
-                    "uid": None}
+    assert snap == {"unschedulable": False, "taints": [], "labels": {}, "annotations": {}, "conditions": [],
+                    "resourceVersion": "7", "uid": None}
     assert node_restore.validate_snapshot(snap) is snap
 
 
@@ -371,7 +375,8 @@ def test_restores_a_drilled_node_exactly_and_touches_nothing_else():
     }
     # Once restored, nothing more to do.
     again = node_restore.plan(restored_node, before, scope())
-    assert again == {"changed": False, "patch": [], "restored": {}, "current": again["after"], "after": again["after"]}
+    assert again == {"changed": False, "patch": [], "restored": {}, "current": again["after"], "after": again["after"],
+                     "held_by": None}
 
 
 def test_readds_removed_marks_and_restores_the_cordon():
@@ -580,7 +585,7 @@ def test_batch_reads_all_nodes_with_one_list_and_patches_each_changed_node():
     assert [(n["name"], n["changed"]) for n in result["nodes"]] == [
         ("gpu-node-1", True), ("gpu-node-2", False), ("gpu-node-3", True)]
     for entry in result["nodes"]:
-        assert set(entry) == {"name", "changed", "patch", "restored", "node"}
+        assert set(entry) == {"name", "changed", "held_by", "patch", "restored", "node"}
         stored = api.node(entry["name"])
         assert entry["node"]["resource_version"] == stored["metadata"]["resourceVersion"]
         assert stored["spec"].get("taints", []) == ([UNREACHABLE] if entry["changed"] else [])
@@ -714,3 +719,47 @@ def test_check_batch_and_progress():
         node_restore.check_batch(["a", "b", "a", "b", "a"])
     assert node_restore.progress([]) == "no node had been restored yet"
     assert node_restore.progress(["a", "b"]) == "restored before the failure (and left restored): a, b"
+
+
+# --- restoring for a drill: another drill's marks are never written back ----------------------------
+
+def test_a_drill_never_writes_back_another_drills_label_from_its_snapshot():
+    # The bug of issue 15: drill b recorded the node while drill a held it, a's label included; a
+    # cleaned up first. b's cleanup must take its own label off and not put a's back.
+    before = node_restore.snapshot(node(labels={DRILL + "drill": "drill-a"}))
+    now = node(labels={DRILL + "drill": "drill-b", AWS + "status": "fail"})
+    planned = node_restore.plan(now, before, scope(), (DRILL + "drill", "drill-b"))
+    assert planned["held_by"] is None
+    assert planned["restored"]["labels"] == {DRILL + "drill": {"from": "drill-b", "to": None},
+                                             AWS + "status": {"from": "fail", "to": None}}
+    # Without the owner, the snapshot is restored whole: a's label comes back.
+    blind = node_restore.plan(now, before, scope())
+    assert blind["restored"]["labels"][DRILL + "drill"] == {"from": "drill-b", "to": "drill-a"}
+
+
+def test_a_node_now_in_another_drills_hands_is_left_alone():
+    before = node_restore.snapshot(node())
+    now = node(labels={DRILL + "drill": "drill-c", AWS + "status": "fail"}, taints=[AWS_TAINT], unschedulable=True)
+    planned = node_restore.plan(now, before, scope(), (DRILL + "drill", "drill-b"))
+    assert planned["held_by"] == "drill-c"
+    assert (planned["changed"], planned["patch"], planned["restored"]) == (False, [], {})
+    assert planned["after"] == planned["current"]
+
+
+def test_the_owners_own_label_and_a_clean_node_restore_as_before():
+    before = node_restore.snapshot(node())
+    now = node(labels={DRILL + "drill": "drill-b"})
+    planned = node_restore.plan(now, before, scope(), (DRILL + "drill", "drill-b"))
+    assert planned["restored"] == {"labels": {DRILL + "drill": {"from": "drill-b", "to": None}}}
+    assert node_restore.plan(apply(now, planned["patch"]), before, scope(), (DRILL + "drill", "drill-b"))["changed"] is False
+
+
+def test_restorer_for_a_drill_skips_a_node_held_by_another_and_warns():
+    api = FakeK8s(nodes=[node(labels={DRILL + "drill": "drill-c"})])
+    restorer = node_marks_restore.Restorer(api, "gpu-node-1", node_restore.snapshot(node()),
+                                           dict(keys=node_marks_restore.DEFAULT_KEYS), drill="drill-b")
+    result = restorer.run()
+    assert (result["changed"], result["held_by"]) == (False, "drill-c")
+    assert not api.calls("patch")
+    assert restorer.warnings == ["node gpu-node-1 carries the label %sdrill=drill-c: it is in drill drill-c's hands now, "
+                                 "so its marks are left to that drill's cleanup" % DRILL]

@@ -172,7 +172,8 @@ def test_xid_line_is_parsed_by_the_aws_suite(code):
 def test_default_rendering_gives_the_catalogued_verdicts(code):
     line = xid_line(xc.render_xid_lines(code, "0000:b5:00.0"))
     entry = xc.get(code)
-    assert xc.nvsentinel_action(code, line) == entry["nvsentinel_action"]
+    if code not in xc.NVL5_CODES:  # decoded by their text: test_xid_catalog_nvsentinel.py
+        assert xc.nvsentinel_action(code, line) == entry["nvsentinel_action"]
     assert xc.aws_severity(code, line) == entry["aws_severity"]
 
 
