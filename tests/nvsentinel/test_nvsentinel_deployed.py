@@ -4,9 +4,10 @@ The fault agent (playbooks/deploy_agent.yml) injects through gpu_xid_inject; the
 bridge feeds the record to the node's journal; NVSentinel's syslog-health-monitor reads it there,
 platform-connectors sets the node condition, fault-quarantine cordons, node-drainer drains and
 fault-remediation creates its remediation object. The audit log tells who wrote what. Each test
-uses its own node and puts back everything NVSentinel changed on it (conditions, marks, the
+uses its own node and puts back everything NVSentinel changed on it (conditions, marks, Events, the
 remediation object), so later tests and runs see a clean cluster.
 """
+import datetime
 import json
 import os
 import sys
@@ -73,10 +74,6 @@ def marks(node_obj):
                                  if c.type != "Ready")}
 
 
-def _stated(cond):
-    return cond and (cond["status"], cond.get("reason"), cond.get("message"))
-
-
 def node_events(core, node):
     """The Events about a node (platform-connectors writes them in `default`)."""
     return core.list_namespaced_event("default", field_selector="involvedObject.name=" + node).items
@@ -84,48 +81,34 @@ def node_events(core, node):
 
 @pytest.fixture()
 def restore(api_client, core, custom):
-    """Snapshots a node; afterwards puts back its marks (node_marks_restore, the collection's own
-    restore), drops the conditions NVSentinel added, deletes its remediation objects and Events."""
+    """Snapshots a node; afterwards puts it back with the collection's own modules: node_marks_restore
+    (cordon, NVSentinel's labels and annotations) and nvsentinel_restore (its conditions and Events),
+    after deleting fault-remediation's RebootNode."""
     taken = {}
 
     def snapshot(name):
         node = core.read_node(name)
         taken[name] = (node, api_client.sanitize_for_serialization(node),
+                       datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                        {e.metadata.name for e in node_events(core, name)})
         return node
 
     yield snapshot
-    for name, (before, raw, events) in taken.items():
-        for event in node_events(core, name):
-            if event.metadata.name not in events:
-                core.delete_namespaced_event(event.metadata.name, "default")
+    for name, (before, raw, since, events) in taken.items():
         for obj in custom.list_cluster_custom_object(*REBOOT)["items"]:
             if obj["spec"].get("nodeName") == name:
                 custom.delete_cluster_custom_object(*REBOOT, obj["metadata"]["name"])
-        result = ansible_module("gpu_resilience.fault_injection.node_marks_restore", {
+        marks_back = ansible_module("gpu_resilience.fault_injection.node_marks_restore", {
             "name": name, "before": {"unschedulable": bool(before.spec.unschedulable),
                                      "taints": raw["spec"].get("taints") or [],
                                      "labels": raw["metadata"].get("labels") or {},
                                      "annotations": raw["metadata"].get("annotations") or {}}})
-        assert not result.get("failed"), result
-        # fault-remediation's record of its last remediation is outside node_marks_restore's scope
-        # (plugins/module_utils/node_marks.py): put it back here, and only it.
-        now = core.read_node(name).metadata.annotations or {}
-        left = {k for k in set(now) | set(raw["metadata"].get("annotations") or {})
-                if now.get(k) != (raw["metadata"].get("annotations") or {}).get(k)}
-        assert left <= {REMEDIATION_ANNOTATION}, left
-        if left:
-            core.patch_node(name, {"metadata": {"annotations": {
-                k: (raw["metadata"].get("annotations") or {}).get(k) for k in left}}})
-        # The conditions as they were (NVSentinel's own "No Health Failures" ones included), any new
-        # one gone; a condition that only had its heartbeat renewed (KWOK's Ready) is left alone.
-        kept = {c["type"]: c for c in raw["status"].get("conditions") or []}
-        now = api_client.sanitize_for_serialization(core.read_node(name))["status"].get("conditions") or []
-        changed = [kept[c["type"]] if c["type"] in kept else {"type": c["type"], "$patch": "delete"}
-                   for c in now if _stated(kept.get(c["type"])) != _stated(c)]
-        if changed:
-            core.patch_node_status(name, {"status": {"conditions": changed}})
-        wait_until(lambda: marks(core.read_node(name)) == marks(before), 30, "%s as before the test" % name)
+        assert not marks_back.get("failed"), marks_back
+        conditions_back = ansible_module("gpu_resilience.fault_injection.nvsentinel_restore", {
+            "node": name, "baseline": raw["status"].get("conditions") or [], "events_since": since})
+        assert not conditions_back.get("failed"), conditions_back
+        wait_until(lambda: marks(core.read_node(name)) == marks(before)
+                   and {e.metadata.name for e in node_events(core, name)} == events, 30, "%s as before the test" % name)
 
 
 def inject(node, xid, gpu="2"):
