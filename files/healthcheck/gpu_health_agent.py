@@ -47,7 +47,6 @@ the agent's loops and the command line.
 import argparse
 import copy
 import datetime
-import http.client
 import json
 import os
 import re
@@ -62,15 +61,15 @@ import time
 import urllib.parse
 from collections import namedtuple
 
-# xid_catalog.py and node_marks.py are shipped next to this file.
+# xid_catalog.py, node_marks.py and kube_api.py are shipped next to this file.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import xid_catalog  # noqa: E402  pylint: disable=wrong-import-position
 import node_marks  # noqa: E402  pylint: disable=wrong-import-position
+from kube_api import ApiError, KubeClient, MERGE_PATCH  # noqa: E402  pylint: disable=wrong-import-position
 
 AGENT_NAME = "gpu-health-agent"
 FIELD_MANAGER = AGENT_NAME          # managedFields entry of the agent's node patches
-SERVICEACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 DEFAULT_CONFIG_PATH = "/etc/gpu-healthcheck/config.json"
 DEFAULT_KMSG_PATH = "/host/dev/kmsg"
 SOURCES = ("kmsg", "journal", "file")
@@ -1007,122 +1006,8 @@ def plan_marks(node, findings, checks, config, now, agent=None, old_prefix=None,
 
 
 # ============================================================================================
-# Kubernetes API client (in-cluster, standard library only)
+# The node, through the Kubernetes API (kube_api.py, the node programs' shared client)
 # ============================================================================================
-
-MERGE_PATCH = "application/merge-patch+json"
-
-
-class ApiError(Exception):
-    """A Kubernetes API request that failed; ``status`` is the HTTP status (0: no response)."""
-
-    def __init__(self, status, reason, message):
-        super().__init__("%s %s: %s" % (status, reason, message))
-        self.status = status
-        self.reason = reason
-        self.message = message
-
-
-class KubeClient:
-    """JSON over HTTPS to the API server with the pod's service account token.
-
-    Requests share one kept-alive connection (the marking path stays short); a watch has its own.
-    The token is read from its file for every request: the kubelet rotates bound tokens.
-    """
-
-    def __init__(self, host, port, sa_dir, timeout=API_TIMEOUT):
-        self.host = host
-        self.port = int(port)
-        self.token_path = os.path.join(sa_dir, "token")
-        self.timeout = timeout
-        self.context = ssl.create_default_context(cafile=os.path.join(sa_dir, "ca.crt"))
-        self.lock = threading.Lock()
-        self.connection = None
-
-    @classmethod
-    def in_cluster(cls):
-        host = os.environ.get("KUBERNETES_SERVICE_HOST")
-        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-        if not host:
-            raise ApiError(0, "NoCluster", "KUBERNETES_SERVICE_HOST is not set: not running in a cluster")
-        return cls(host, port, os.environ.get("KUBERNETES_SERVICEACCOUNT_DIR") or SERVICEACCOUNT_DIR)
-
-    def _headers(self, content_type=None):
-        with open(self.token_path, encoding="ascii") as handle:
-            token = handle.read().strip()
-        headers = {"Authorization": "Bearer " + token, "Accept": "application/json", "User-Agent": AGENT_NAME}
-        if content_type:
-            headers["Content-Type"] = content_type
-        return headers
-
-    @staticmethod
-    def url(path, query=None):
-        return path + ("?" + urllib.parse.urlencode(query) if query else "")
-
-    def _connect(self, timeout):
-        return http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=timeout)
-
-    def request(self, method, path, query=None, body=None, content_type="application/json"):
-        """One request; the decoded JSON answer, or ApiError. A broken kept-alive connection is retried once."""
-        payload = None if body is None else json.dumps(body).encode("utf-8")
-        headers = self._headers(content_type if body is not None else None)
-        with self.lock:
-            try:
-                status, data = self._exchange(method, self.url(path, query), payload, headers)
-            except (OSError, http.client.HTTPException):
-                # A kept-alive connection the server closed meanwhile: once more on a new one.
-                try:
-                    status, data = self._exchange(method, self.url(path, query), payload, headers)
-                except (OSError, http.client.HTTPException) as e:
-                    raise ApiError(0, "ConnectionError", "%s %s: %s" % (method, path, e)) from e
-        if status >= 400:
-            raise self.error(status, data)
-        return json.loads(data.decode("utf-8")) if data else {}
-
-    def _exchange(self, method, url, payload, headers):
-        """(status, body) over the kept-alive connection, which is dropped on any error."""
-        if self.connection is None:
-            self.connection = self._connect(self.timeout)
-        try:
-            self.connection.request(method, url, body=payload, headers=headers)
-            response = self.connection.getresponse()
-            data = response.read()
-        except Exception:
-            self.connection.close()
-            self.connection = None
-            raise
-        if response.will_close:
-            self.connection.close()
-            self.connection = None
-        return response.status, data
-
-    def stream(self, path, query, timeout):
-        """The JSON lines of a watch, until the server ends it."""
-        connection = self._connect(timeout)
-        try:
-            connection.request("GET", self.url(path, query), headers=self._headers())
-            response = connection.getresponse()
-            if response.status >= 400:
-                raise self.error(response.status, response.read())
-            while True:
-                line = response.readline()
-                if not line:
-                    return
-                if line.strip():
-                    yield json.loads(line.decode("utf-8"))
-        except (OSError, http.client.HTTPException) as e:
-            raise ApiError(0, "ConnectionError", "watch %s: %s" % (path, e)) from e
-        finally:
-            connection.close()
-
-    @staticmethod
-    def error(status, data):
-        try:
-            body = json.loads(data.decode("utf-8"))
-            return ApiError(status, body.get("reason") or "", body.get("message") or "")
-        except (ValueError, AttributeError):
-            return ApiError(status, "", clip(data.decode("utf-8", "replace"), 300))
-
 
 class NodeApi:
     """The calls the agent makes, all on its own node. Tests replace it with a fake."""
@@ -1140,10 +1025,8 @@ class NodeApi:
         return self.client.request("PATCH", self.path, {"fieldManager": FIELD_MANAGER}, body, MERGE_PATCH)
 
     def watch(self, resource_version, timeout_seconds=WATCH_SECONDS):
-        query = {"fieldSelector": "metadata.name=" + self.node, "watch": "true", "allowWatchBookmarks": "true",
-                 "resourceVersion": resource_version, "timeoutSeconds": str(timeout_seconds)}
-        # The socket timeout outlives the server's, so a silently dead connection still ends.
-        return self.client.stream("/api/v1/nodes", query, timeout_seconds + 30)
+        return self.client.watch("/api/v1/nodes", {"fieldSelector": "metadata.name=" + self.node,
+                                                   "resourceVersion": resource_version}, timeout_seconds)
 
 
 # ============================================================================================
@@ -1910,7 +1793,7 @@ def main(argv=None):
     settings = ConfigFile(args.config)
     settings.poll()
     try:
-        client = KubeClient.in_cluster()
+        client = KubeClient.in_cluster(AGENT_NAME, API_TIMEOUT)
     except (ApiError, OSError, ssl.SSLError) as e:
         warn("agent_failed", level="error", error="cannot reach the Kubernetes API: %s" % e)
         return 1

@@ -20,8 +20,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
 MODULE_UTILS = ROOT / "plugins" / "module_utils"
-if str(MODULE_UTILS) not in sys.path:
-    sys.path.insert(0, str(MODULE_UTILS))
+for _path in (str(MODULE_UTILS), str(ROOT / "files" / "common")):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 _spec = importlib.util.spec_from_file_location("gpu_health_agent", ROOT / "files" / "healthcheck" / "gpu_health_agent.py")
 agent_mod = importlib.util.module_from_spec(_spec)
@@ -1078,54 +1079,29 @@ def test_record_to_node_marked_latency(tmp_path):
 # API client and command line
 # ============================================================================================
 
-class FakeResponse:
-    def __init__(self, status, body, will_close=False):
-        self.status = status
-        self.body = json.dumps(body).encode()
-        self.will_close = will_close
+def test_node_api_calls_on_the_shared_client():
+    """Only its own node: read, merge patch as field manager gpu-health-agent, watch by name (the
+    client itself is tested in test_kube_api.py)."""
+    calls = []
 
-    def read(self):
-        return self.body
+    class Client:
+        def request(self, method, path, query=None, body=None, content_type="application/json"):
+            calls.append((method, path, query, body, content_type))
+            return {}
 
+        def watch(self, path, query, timeout_seconds):
+            calls.append(("WATCH", path, query, timeout_seconds))
+            return iter(())
 
-class FakeConnection:
-    def __init__(self, responses):
-        self.responses = responses
-        self.requests = []
-        self.closed = False
-
-    def request(self, method, url, body=None, headers=None):
-        self.requests.append((method, url, body, headers))
-        if isinstance(self.responses[0], Exception):
-            raise self.responses.pop(0)
-
-    def getresponse(self):
-        return self.responses.pop(0)
-
-    def close(self):
-        self.closed = True
-
-
-def test_client_keeps_alive_retries_once_and_maps_errors(tmp_path, monkeypatch):
-    (tmp_path / "token").write_text("secret\n")
-    monkeypatch.setattr(agent_mod.ssl, "create_default_context", lambda cafile=None: None)
-    client = agent_mod.KubeClient("127.0.0.1", 6443, str(tmp_path))
-    stale = FakeConnection([ConnectionResetError("closed by peer")])
-    fresh = FakeConnection([FakeResponse(200, {"metadata": {"name": "gpu-node-2"}}),
-                            FakeResponse(409, {"reason": "Conflict", "message": "modified"})])
-    connections = [stale, fresh]
-    monkeypatch.setattr(client, "_connect", lambda timeout: connections.pop(0))
-    client.connection = None
-    api = agent_mod.NodeApi(client, "gpu-node-2")
-    assert api.get()["metadata"]["name"] == "gpu-node-2"
-    assert stale.closed and not fresh.closed
-    with pytest.raises(agent_mod.ApiError) as raised:
-        api.patch({"metadata": {"labels": {"a": "b"}}})
-    assert raised.value.status == 409
-    method, url, body, headers = fresh.requests[-1]
-    assert method == "PATCH" and url == "/api/v1/nodes/gpu-node-2?fieldManager=gpu-health-agent"
-    assert headers["Content-Type"] == "application/merge-patch+json" and headers["Authorization"] == "Bearer secret"
-    assert json.loads(body) == {"metadata": {"labels": {"a": "b"}}}
+    api = agent_mod.NodeApi(Client(), "gpu-node-2")
+    api.get()
+    api.patch({"metadata": {"labels": {"a": "b"}}})
+    list(api.watch("41"))
+    assert calls == [("GET", "/api/v1/nodes/gpu-node-2", None, None, "application/json"),
+                     ("PATCH", "/api/v1/nodes/gpu-node-2", {"fieldManager": "gpu-health-agent"},
+                      {"metadata": {"labels": {"a": "b"}}}, "application/merge-patch+json"),
+                     ("WATCH", "/api/v1/nodes", {"fieldSelector": "metadata.name=gpu-node-2", "resourceVersion": "41"},
+                      agent_mod.WATCH_SECONDS)]
 
 
 def test_parse_args(monkeypatch):
