@@ -33,6 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 import pki  # noqa: E402  (sibling module, found through the path above)
+import gpu_standins  # noqa: E402
 
 HOST = "127.0.0.1"
 SERVICE_CIDR = "127.96.0.0/16"      # only numbers: nothing ever connects to a ClusterIP here
@@ -397,8 +398,10 @@ def node_gpus(node_name, count):
 
 
 def write_node_hosts(layout, args):
-    """Give each simulated GPU node the driver's proc files in its host root (the runner's hostPath)."""
+    """Give each simulated GPU node the driver's proc files in its host root (the runner's hostPath),
+    and healthy stand-ins for its NVIDIA tools, EFA devices and boot id (gpu_standins.py)."""
     model = args.gpu_product.replace("-", " ")
+    profile = gpu_standins.instance_profile(args.instance_type)
     for i in range(args.nodes):
         name = "gpu-node-%d" % i
         gpus_dir = os.path.join(layout.runner_state, "nodes", name, "host", "proc", "driver", "nvidia", "gpus")
@@ -407,6 +410,8 @@ def write_node_hosts(layout, args):
             os.makedirs(os.path.join(gpus_dir, pci), exist_ok=True)
             with open(os.path.join(gpus_dir, pci, "information"), "w") as f:
                 f.write(gpu_information(model, gpu_uuid, pci, minor))
+        gpu_standins.write_node(os.path.join(layout.runner_state, "nodes", name, "host"),
+                                node_gpus(name, args.gpus_per_node), args.gpu_product, profile["efa"], profile["nvlink"])
 
 
 def desired_nodes(args):

@@ -46,6 +46,9 @@ import traceback
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gpu_standins  # noqa: E402  (sibling module: the simulated nodes' NVIDIA runtime and tools)
+
 RUN_LABEL = "local-runner.gpu-resilience.io/run"
 FAKE_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 SA_MOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -1068,6 +1071,9 @@ class Runner:
             self._terminate(pod, "completed")   # sidecars have nothing left to serve
 
     # -- volumes
+    def _host_root(self, pod):
+        return host_path_target(self.state_dir, pod.obj["spec"]["nodeName"], "/")
+
     def _volume_path(self, pod, volume):
         if "hostPath" in volume:
             return host_path_target(self.state_dir, pod.obj["spec"]["nodeName"],
@@ -1132,6 +1138,8 @@ class Runner:
     def _start(self, pod, c):
         base = base_env(pod.obj["metadata"]["name"], self.path, self.args.api_port, self.state_dir)
         own = container_env(pod.obj, c.spec, base, self.lookup, self.allocatable(pod))
+        # The node's NVIDIA container runtime: its driver tools for the containers that ask for them.
+        base["PATH"] = gpu_standins.runtime_path(self._host_root(pod), own, base["PATH"])
         table = mount_table(c.spec, self._volume_paths(pod), {**base, **own})
         spec = process_spec(c.spec, base, own, table, os.path.join(pod.dir, "scratch"))
         if c.started is not None:
