@@ -536,7 +536,7 @@ class Api:
 
     def patch_node(self, name, patch):
         return self.client.request("PATCH", "/api/v1/nodes/" + urllib.parse.quote(name, safe=""),
-                            {"fieldManager": SWEEPER_NAME}, patch, MERGE_PATCH)
+                                   {"fieldManager": SWEEPER_NAME}, patch, MERGE_PATCH)
 
     def list_active_pods(self, node=None):
         selector = "status.phase!=Succeeded,status.phase!=Failed"
@@ -556,13 +556,13 @@ class Api:
             raise
 
     def create_job(self, namespace, job):
-        return self.client.request("POST", "/apis/batch/v1/namespaces/%s/jobs" % namespace, {"fieldManager": SWEEPER_NAME},
-                            job)
+        return self.client.request("POST", "/apis/batch/v1/namespaces/%s/jobs" % namespace,
+                                   {"fieldManager": SWEEPER_NAME}, job)
 
     def delete_job(self, namespace, name):
         try:
             self.client.request("DELETE", "/apis/batch/v1/namespaces/%s/jobs/%s" % (namespace, name), None,
-                         {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"})
+                                {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"})
         except ApiError as e:
             if e.status != 404:
                 raise

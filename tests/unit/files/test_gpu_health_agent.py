@@ -828,7 +828,8 @@ class StaticConfig:
 
 
 def make_agent(api, settings=None, probe=None):
-    return agent_mod.HealthAgent(api, "gpu-node-2", settings or StaticConfig(), probe or agent_mod.Probe("/nonexistent/sys", "/nonexistent/nvidia", FakeRunner()),
+    return agent_mod.HealthAgent(api, "gpu-node-2", settings or StaticConfig(),
+                                 probe or agent_mod.Probe("/nonexistent/sys", "/nonexistent/nvidia", FakeRunner()),
                                  agent={"pod": "agent-x", "namespace": "ns"})
 
 
