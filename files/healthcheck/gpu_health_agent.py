@@ -2026,7 +2026,7 @@ class HealthAgent:
         own time (when the source knows it), and one logged before the last clear not at all.
         """
         seen = time.monotonic() if seen is None else seen
-        observations = []
+        observations, facts = [], {}    # node facts read once per batch (a boot scan may hold many)
         for record in records:
             at = record.meta.get("time") if scanned else None
             if at is not None and self.cutoff is not None and at < self.cutoff:
@@ -2038,7 +2038,9 @@ class HealthAgent:
                 if observation["kind"] == "xid":
                     needed = xid_catalog.aws_node_facts(observation["xid"])
                     if needed:
-                        observation["facts"] = self.probe.node_facts(needed)
+                        if needed not in facts:
+                            facts[needed] = self.probe.node_facts(needed)
+                        observation["facts"] = dict(facts[needed])
                 if at is not None:
                     observation["at"] = at
                 observations.append(observation)

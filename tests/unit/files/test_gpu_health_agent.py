@@ -1377,6 +1377,15 @@ def test_node_facts_decide_the_aws_rules(code, runner, severity):
     assert restored.severity() == severity                            # the facts travel with the finding
 
 
+def test_node_facts_are_read_once_per_batch():
+    runner = facts_runner(apps="4242, 00000000:75:00.0\n")
+    agent = make_agent(FakeNodeApi(make_node()), probe=agent_mod.Probe("/none/sys", "/none/nvidia", runner))
+    records = agent_mod.split_file_records(b"".join(file_payload(r) for pci in ("0000:53:00.0", "0000:64:00.0")
+                                                    for r in xid_records(159, pci)))[0]
+    assert [f["severity"] for f in agent.on_records(records, scanned=True)] == ["RESET", "RESET"]
+    assert sum(1 for call in runner.calls if call[1].startswith("--query-compute-apps")) == 1
+
+
 # ============================================================================================
 # API client and command line
 # ============================================================================================
