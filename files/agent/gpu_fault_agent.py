@@ -30,7 +30,6 @@ import argparse
 import copy
 import datetime
 import functools
-import http.client
 import json
 import os
 import shutil
@@ -43,12 +42,13 @@ import time
 import urllib.parse
 from collections import namedtuple
 
-# xid_catalog.py and fault_api.py are shipped next to this file.
+# xid_catalog.py, fault_api.py, shim_control.py and kube_api.py are shipped next to this file.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import xid_catalog  # noqa: E402  pylint: disable=wrong-import-position
 import fault_api  # noqa: E402  pylint: disable=wrong-import-position
 import shim_control  # noqa: E402  pylint: disable=wrong-import-position
+from kube_api import ApiError, KubeClient  # noqa: E402  pylint: disable=wrong-import-position
 
 AGENT_NAME = "gpu-fault-agent"
 GPUS_DIR = "gpus"
@@ -58,7 +58,6 @@ KMSG_MAX_RECORD = 976           # the kernel refuses longer /dev/kmsg writes (LO
 DCGM_XID_FIELD = "230"          # DCGM_FI_DEV_XID_ERRORS
 DCGM_TIMEOUT = 30
 MAX_ERROR_LEN = 1000            # status.error and dcgmi output kept in status
-SERVICEACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 LEASE_API = "/apis/coordination.k8s.io/v1"
 FAULT_API = "/apis/%s/%s" % (fault_api.GROUP, fault_api.VERSION)
 RESTARTED_ERROR = "agent restarted during injection; records may be partially written"
@@ -458,107 +457,9 @@ def kmsg_writable(path):
 
 
 # ============================================================================================
-# Kubernetes API client (in-cluster, standard library only)
+# The GPUFault objects and the Lease, through the Kubernetes API (kube_api.py, the node programs'
+# shared client)
 # ============================================================================================
-
-class ApiError(Exception):
-    """A Kubernetes API request that failed; ``status`` is the HTTP status (0: no response)."""
-
-    def __init__(self, status, reason, message):
-        super().__init__("%s %s: %s" % (status, reason, message))
-        self.status = status
-        self.reason = reason
-        self.message = message
-
-
-class KubeClient:
-    """JSON over HTTPS to the API server with the pod's service account.
-
-    The token is read from its file on every connection: bound service-account tokens are
-    rotated by the kubelet, and a cached one would expire.
-    """
-
-    def __init__(self, host, port, sa_dir, timeout=30):
-        self.host = host
-        self.port = int(port)
-        self.token_path = os.path.join(sa_dir, "token")
-        self.timeout = timeout
-        self.context = ssl.create_default_context(cafile=os.path.join(sa_dir, "ca.crt"))
-
-    @classmethod
-    def in_cluster(cls):
-        host = os.environ.get("KUBERNETES_SERVICE_HOST")
-        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-        if not host:
-            raise ApiError(0, "NoCluster", "KUBERNETES_SERVICE_HOST is not set: not running in a cluster")
-        return cls(host, port, os.environ.get("KUBERNETES_SERVICEACCOUNT_DIR") or SERVICEACCOUNT_DIR)
-
-    def _headers(self, body):
-        with open(self.token_path, encoding="ascii") as handle:
-            token = handle.read().strip()
-        headers = {"Authorization": "Bearer " + token, "Accept": "application/json",
-                   "User-Agent": AGENT_NAME}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        return headers
-
-    @staticmethod
-    def url(path, query=None):
-        return path + ("?" + urllib.parse.urlencode(query) if query else "")
-
-    def _send(self, method, path, query, body, timeout):
-        payload = None if body is None else json.dumps(body).encode("utf-8")
-        connection = http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=timeout)
-        try:
-            connection.request(method, self.url(path, query), body=payload, headers=self._headers(body))
-            return connection, connection.getresponse()
-        except Exception:
-            connection.close()
-            raise
-
-    def request(self, method, path, query=None, body=None):
-        """One request; the decoded JSON answer, or ApiError."""
-        try:
-            connection, response = self._send(method, path, query, body, self.timeout)
-            try:
-                data = response.read()
-            finally:
-                connection.close()
-        except (OSError, http.client.HTTPException) as e:
-            raise ApiError(0, "ConnectionError", "%s %s: %s" % (method, path, e)) from e
-        if response.status >= 400:
-            raise self.error(response.status, data)
-        return json.loads(data.decode("utf-8")) if data else {}
-
-    def stream(self, path, query, timeout):
-        """The JSON lines of a watch, until the server ends it."""
-        try:
-            connection, response = self._send("GET", path, query, None, timeout)
-        except (OSError, http.client.HTTPException) as e:
-            raise ApiError(0, "ConnectionError", "watch %s: %s" % (path, e)) from e
-        try:
-            if response.status >= 400:
-                raise self.error(response.status, response.read())
-            while True:
-                line = response.readline()
-                if not line:
-                    return
-                if line.strip():
-                    yield json.loads(line.decode("utf-8"))
-        except (OSError, http.client.HTTPException) as e:
-            raise ApiError(0, "ConnectionError", "watch %s: %s" % (path, e)) from e
-        finally:
-            connection.close()
-
-    @staticmethod
-    def error(status, data):
-        """ApiError from an HTTP status and a (usually JSON Status) body."""
-        try:
-            body = json.loads(data.decode("utf-8"))
-            return ApiError(status, body.get("reason") or "", body.get("message") or "")
-        except (ValueError, AttributeError):
-            return ApiError(status, "", truncate(data.decode("utf-8", "replace"), 300))
-
 
 class ClusterApi:
     """The few API calls the agent makes, on one namespace. Tests replace it with a fake."""
@@ -574,10 +475,8 @@ class ClusterApi:
         return answer.get("items") or [], (answer.get("metadata") or {}).get("resourceVersion")
 
     def watch_faults(self, selector, resource_version, timeout_seconds):
-        query = {"labelSelector": selector, "watch": "true", "allowWatchBookmarks": "true",
-                 "resourceVersion": resource_version, "timeoutSeconds": str(timeout_seconds)}
-        # The socket timeout outlives the server's, so a silent dead connection still ends.
-        return self.client.stream(self.faults, query, timeout_seconds + 30)
+        return self.client.watch(self.faults, {"labelSelector": selector, "resourceVersion": resource_version},
+                                 timeout_seconds)
 
     def get_fault(self, name):
         return self.client.request("GET", self.faults + "/" + urllib.parse.quote(name))
@@ -988,7 +887,7 @@ def main(argv=None):
     signal.signal(signal.SIGINT, on_signal)
 
     try:
-        api = ClusterApi(KubeClient.in_cluster(), args.namespace)
+        api = ClusterApi(KubeClient.in_cluster(AGENT_NAME), args.namespace)
     except (ApiError, OSError, ssl.SSLError) as e:
         warn("agent_failed", error="cannot reach the Kubernetes API: %s" % e)
         return 1

@@ -7,28 +7,40 @@ the AWS GPU health-check suite does, without that suite's known defects.
 Run as::
 
     python3 gpu_health_agent.py --node NODE --config /etc/gpu-healthcheck/config.json \\
-        [--kmsg-source kmsg|journal|file] [--kmsg-path /host/dev/kmsg] [--host-root /host]
+        [--kmsg-source kmsg|journal|file] [--kmsg-path /host/dev/kmsg] [--host-root /host] \\
+        [--sys-dir /host/sys] [--nvidia-proc /host/proc/driver/nvidia] \\
+        [--boot-id-file /host/proc/sys/kernel/random/boot_id]
 
-with xid_catalog.py and node_marks.py (from plugins/module_utils) in the same directory. Python 3.8+
-standard library only. It opens no listening socket and starts no shell; the only programs it runs
-are journalctl (source ``journal``), nvidia-smi and fi_info, each with an argument list and a timeout.
+with xid_catalog.py and node_marks.py (from plugins/module_utils), kube_api.py (files/common) and
+instance_profiles.json in the same directory. Python 3.8+ standard library only. It opens no
+listening socket and starts no shell; the only programs it runs are journalctl (source
+``journal``), nvidia-smi and fi_info, each with an argument list and a timeout.
 
 What it does:
 
-* follows the kernel log continuously, in a thread of its own: ``/dev/kmsg`` (from its end, so old
-  records are not reported again), ``journalctl -k -f -o json`` or a plain file that a fault agent
-  appends to. Every NVIDIA XID and SXid record becomes a finding, classified on the AWS suite's
-  ladder PASS < MONITOR < RESET < REBOOT < ISOLATE by ``xid_catalog.aws_severity`` (XID 154 by its
-  recovery action) or by the config's ``xid_severity_overrides``;
-* runs lightweight checks every ``interval_seconds``: GPU count, GPU state, ECC, retired pages / row
-  remapping, EFA devices, NVLink. A check whose tool is absent reports ``skipped`` and why;
+* follows the kernel log continuously, in a thread of its own: ``/dev/kmsg``,
+  ``journalctl -k -f -o json`` or a plain file that a fault agent appends to. It starts with the
+  records of the current boot that it has not counted yet (the boot scan, at most
+  ``boot_scan_lines``, as the AWS suite reads the last 4000 lines): a node that boots with a bad
+  GPU is found, and a restarted agent goes on from the log position it recorded on the node.
+  Every NVIDIA XID and SXid record becomes a finding, classified on the AWS suite's ladder
+  PASS < MONITOR < RESET < REBOOT < ISOLATE by ``xid_catalog.aws_severity`` (XID 154 by its
+  recovery action; 64, 95 and 159 with the node facts nvidia-smi gives: A100, MIG, UVM in use) or
+  by the config's ``xid_severity_overrides``;
+* runs lightweight checks every ``interval_seconds``: GPU count, GPU state, ECC, retired pages
+  (pending, double-bit, single-bit above a threshold) and row remapping, persistence mode, EFA
+  devices, NVLink, GPU topology and fabric manager registration. A check whose tool is absent
+  reports ``skipped`` and why;
+* takes a failed sweep (the sweeper's ``<prefix>sweep-result``) and a quarantine run's failed
+  parts (``<prefix>quarantine-result``) as findings;
 * marks its own node (and no other) through the Kubernetes API: labels ``<prefix>status``
-  (pass|warn|fail), ``<prefix>severity`` and ``<prefix>last-check``; annotations ``<prefix>results``
-  (JSON) and ``<prefix>agent-marks`` (JSON: which of taint and cordon the agent set); the taint
-  ``<prefix>unhealthy=true:NoSchedule`` at or above ``taint_min_severity`` (never below RESET); a
-  cordon only when ``cordon`` is set, at or above ``cordon_min_severity``. A record that raises the
-  node's severity is marked at once, not at the next check cycle; the records of a burst that arrive
-  within BATCH_WINDOW go into the same update.
+  (pass|warn|fail), ``<prefix>severity`` and ``<prefix>last-check`` (unless ``labels`` is off);
+  annotations ``<prefix>results`` (JSON, the suite's shape and the agent's own beside it) and
+  ``<prefix>agent-marks`` (JSON: which of taint, cordon and labels the agent set); the taint
+  ``<prefix>unhealthy=true:NoSchedule`` at or above ``taint_min_severity`` (never below RESET;
+  none when ``taint`` is off); a cordon only when ``cordon`` is set, at or above
+  ``cordon_min_severity``. A record that raises the node's severity is marked at once, not at the
+  next check cycle; the records of a burst that arrive within BATCH_WINDOW go into the same update.
 
 Severity is sticky: a finding stays active, and keeps the node at its severity, until an operator
 sets the annotation ``<prefix>clear-findings-before`` to an RFC 3339 time (the return-to-service
@@ -40,14 +52,13 @@ else's labels. It runs no DCGM diagnostic (that is the sweeper's job, on idle no
 a changed config file without a restart.
 
 Layout, top-down: pure functions (configuration, kernel log records, classification, check
-results, findings, node marks), then I/O (Kubernetes API client, kernel log sources, tools), then
-the agent's loops and the command line.
+results, findings, node marks), then I/O (the node through kube_api, kernel log sources, tools),
+then the agent's loops and the command line.
 """
 
 import argparse
 import copy
 import datetime
-import http.client
 import json
 import os
 import re
@@ -62,15 +73,15 @@ import time
 import urllib.parse
 from collections import namedtuple
 
-# xid_catalog.py and node_marks.py are shipped next to this file.
+# xid_catalog.py, node_marks.py and kube_api.py are shipped next to this file.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import xid_catalog  # noqa: E402  pylint: disable=wrong-import-position
 import node_marks  # noqa: E402  pylint: disable=wrong-import-position
+from kube_api import ApiError, KubeClient, MERGE_PATCH  # noqa: E402  pylint: disable=wrong-import-position
 
 AGENT_NAME = "gpu-health-agent"
 FIELD_MANAGER = AGENT_NAME          # managedFields entry of the agent's node patches
-SERVICEACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 DEFAULT_CONFIG_PATH = "/etc/gpu-healthcheck/config.json"
 DEFAULT_KMSG_PATH = "/host/dev/kmsg"
 SOURCES = ("kmsg", "journal", "file")
@@ -85,6 +96,7 @@ FILE_POLL = 0.02            # file source without inotify: how often a quiet fil
 NOTIFY_SAFETY_POLL = 1.0    # file source with inotify: a look even without an event (a missed one)
 READ_TIMEOUT = 1.0          # sources return at least this often, so a stop is noticed
 TOOL_TIMEOUT = 20
+FACT_TIMEOUT = 5            # nvidia-smi for a node fact, read while a kernel log record waits
 TOOL_KILL_WAIT = 5
 MARK_RETRY = 2.0
 CONFLICT_RETRIES = 5
@@ -157,8 +169,13 @@ def rfc3339(moment):
 
 
 def label_time(moment):
-    """A UTC time as a label value may carry it: 20261122T184800Z."""
-    return moment.astimezone(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    """A UTC time as the AWS suite writes it into a label (no colons there): 2026-11-22T184800Z."""
+    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
+
+
+def suite_time(moment):
+    """A UTC time as the AWS suite writes it into its JSON: 2026-11-22T18:48:00Z."""
+    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 RFC3339_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))")
@@ -201,25 +218,45 @@ def clip(text, limit=MAX_TEXT):
 # Configuration: a JSON file from a ConfigMap, validated and merged over the defaults
 # ============================================================================================
 
-CHECKS = ("gpu_count", "gpu_state", "ecc", "retired_pages", "efa", "nvlink")
-PROFILE_FIELDS = ("gpus", "efa")
+CHECKS = ("gpu_count", "gpu_state", "ecc", "retired_pages", "persistence_mode", "efa", "nvlink", "topology",
+          "fabric_manager")
+PROFILE_FIELDS = {"gpus": int, "efa": int, "nvlink": bool}
+PROFILES_FILE = "instance_profiles.json"   # shipped next to this file
+
+
+def builtin_profiles(directory=os.path.dirname(os.path.abspath(__file__))):
+    """The AWS suite's instance profiles ({type: {gpus, efa, nvlink}}) from instance_profiles.json."""
+    with open(os.path.join(directory, PROFILES_FILE), encoding="utf-8") as handle:
+        profiles = json.load(handle)
+    return dict((name, profile) for name, profile in profiles.items() if not name.startswith("_"))
+
+
 DEFAULT_CONFIG = {
     "prefix": node_marks.AWS_PREFIX,
     "interval_seconds": 60,
+    # The AWS suite's ENABLE_TAINT and ENABLE_LABEL: false leaves taints, or the status, severity
+    # and last-check labels, alone (the agent takes off only those it set itself).
+    "taint": True,
+    "labels": True,
     "taint_min_severity": "RESET",
     "cordon": False,
     "cordon_min_severity": "REBOOT",
     "checks": dict((name, True) for name in CHECKS),
-    "instance_profiles": {
-        "p5.48xlarge": {"gpus": 8, "efa": 32},
-        "p4d.24xlarge": {"gpus": 8, "efa": 4},
-        "p5e.48xlarge": {"gpus": 8, "efa": 32},
-        "p5en.48xlarge": {"gpus": 8, "efa": 16},
-    },
+    "instance_profiles": builtin_profiles(),
     "xid_severity_overrides": {},   # validated form: {int code: severity}
+    # At start, the current boot's kernel log records not counted yet, at most this many (the AWS
+    # suite reads the last 4000 lines of journalctl -k); 0: only what is logged from now on.
+    "boot_scan_lines": 4000,
+    # Single-bit ECC retired pages above this warn (the AWS suite's MAX_RETIRED_PAGES_SBE; NVIDIA's
+    # limit is 64 per GPU).
+    "retired_pages_sbe_max": 60,
+    # A sweep whose diagnostic Job failed marks the node at this severity (the suite: status=fail
+    # and the unhealthy taint).
+    "sweep_failure_severity": "RESET",
 }
 MIN_INTERVAL, MAX_INTERVAL = 1, 86400
 MAX_PROFILE_COUNT = 1024
+MAX_BOOT_SCAN_LINES = 100000
 PREFIX_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/")
 CODE_RE = re.compile(r"[0-9]{1,6}")
 
@@ -267,10 +304,21 @@ def validate_config(raw):
     for key in ("taint_min_severity", "cordon_min_severity"):
         if key in raw:
             config[key] = _marking_severity(key, raw[key])
-    if "cordon" in raw:
-        if not isinstance(raw["cordon"], bool):
-            raise ConfigError("cordon must be true or false, got %r" % (raw["cordon"],))
-        config["cordon"] = raw["cordon"]
+    for key in ("cordon", "taint", "labels"):
+        if key in raw:
+            if not isinstance(raw[key], bool):
+                raise ConfigError("%s must be true or false, got %r" % (key, raw[key]))
+            config[key] = raw[key]
+    for key, top in (("boot_scan_lines", MAX_BOOT_SCAN_LINES), ("retired_pages_sbe_max", MAX_PROFILE_COUNT * 64)):
+        if key in raw:
+            if not _is_int(raw[key]) or not 0 <= raw[key] <= top:
+                raise ConfigError("%s must be an integer from 0 to %d, got %r" % (key, top, raw[key]))
+            config[key] = raw[key]
+    if "sweep_failure_severity" in raw:
+        if raw["sweep_failure_severity"] not in SEVERITIES[1:]:
+            raise ConfigError("sweep_failure_severity must be one of %s, got %r"
+                              % (", ".join(SEVERITIES[1:]), raw["sweep_failure_severity"]))
+        config["sweep_failure_severity"] = raw["sweep_failure_severity"]
     if "checks" in raw:
         _merge_checks(config, raw["checks"], notes)
     if "instance_profiles" in raw:
@@ -294,20 +342,24 @@ def _merge_checks(config, checks, notes):
 
 def _merge_profiles(config, profiles, notes):
     if not isinstance(profiles, dict):
-        raise ConfigError("instance_profiles must be an object of instance type -> {gpus, efa}, got %r" % (profiles,))
+        raise ConfigError("instance_profiles must be an object of instance type -> {gpus, efa, nvlink}, got %r"
+                          % (profiles,))
     for instance_type, profile in profiles.items():
         if not instance_type or not isinstance(profile, dict):
-            raise ConfigError("instance_profiles.%s must be an object such as {\"gpus\": 8, \"efa\": 32}, got %r"
-                              % (instance_type, profile))
+            raise ConfigError("instance_profiles.%s must be an object such as {\"gpus\": 8, \"efa\": 32, "
+                              "\"nvlink\": true}, got %r" % (instance_type, profile))
         clean = {}
-        for field, count in profile.items():
-            if field not in PROFILE_FIELDS:
+        for field, value in profile.items():
+            kind = PROFILE_FIELDS.get(field)
+            if kind is None:
                 notes.append("instance_profiles.%s: unknown field %r ignored" % (instance_type, field))
-            elif not _is_int(count) or not 0 <= count <= MAX_PROFILE_COUNT:
+            elif kind is bool and not isinstance(value, bool):
+                raise ConfigError("instance_profiles.%s.%s must be true or false, got %r" % (instance_type, field, value))
+            elif kind is int and (not _is_int(value) or not 0 <= value <= MAX_PROFILE_COUNT):
                 raise ConfigError("instance_profiles.%s.%s must be an integer from 0 to %d, got %r"
-                                  % (instance_type, field, MAX_PROFILE_COUNT, count))
+                                  % (instance_type, field, MAX_PROFILE_COUNT, value))
             else:
-                clean[field] = count
+                clean[field] = value
         config["instance_profiles"][instance_type] = clean
 
 
@@ -326,7 +378,8 @@ def _overrides(overrides):
 
 def config_summary(config):
     """What the results annotation says about the thresholds in force."""
-    return {"prefix": config["prefix"], "taint_min_severity": config["taint_min_severity"],
+    return {"prefix": config["prefix"], "taint": config["taint"], "labels": config["labels"],
+            "taint_min_severity": config["taint_min_severity"],
             "cordon_min_severity": config["cordon_min_severity"] if config["cordon"] else None,
             "xid_severity_overrides": dict((str(code), sev) for code, sev in sorted(config["xid_severity_overrides"].items()))}
 
@@ -442,6 +495,12 @@ def split_file_records(data):
 # Findings from records: the AWS suite's patterns, the catalog's severities
 # ============================================================================================
 
+# Findings that a diagnostic Job reports through an annotation on the node: the sweeper's
+# <prefix>sweep-result (DCGM level 2) and the quarantine run's <prefix>quarantine-result.
+JOB_FINDINGS = ("sweep", "quarantine")
+SWEEP_RESULT_ANNOTATION = "sweep-result"
+QUARANTINE_RESULT_ANNOTATION = "quarantine-result"
+
 # grep -i "NVRM.*Xid", then sed 's/.*Xid[^)]*\):[[:space:]]*([0-9]+).*/\1/' as the AWS suite does.
 XID_GREP_RE = re.compile(r"NVRM.*Xid", re.IGNORECASE)
 XID_CODE_RE = re.compile(r".*Xid[^)]*\):\s*([0-9]+)")
@@ -485,17 +544,18 @@ def record_observations(record):
     return found
 
 
-def xid_severity(code, text="", overrides=None):
-    """The severity of an XID: the config's override for the code, else the AWS suite's (catalog)."""
+def xid_severity(code, text="", overrides=None, facts=None):
+    """The severity of an XID: the config's override for the code, else the AWS suite's (catalog),
+    with the node facts (A100, MIG, UVM in use) read when it was seen."""
     if overrides and code in overrides:
         return overrides[code]
-    return xid_catalog.aws_severity(code, text)
+    return xid_catalog.aws_severity(code, text, facts)
 
 
 def finding_severity(finding, overrides=None):
     kind = finding["kind"]
     if kind == "xid":
-        return xid_severity(finding["xid"], finding.get("text") or "", overrides)
+        return xid_severity(finding["xid"], finding.get("text") or "", overrides, finding.get("facts"))
     if kind == "sxid":
         return SXID_SEVERITY
     return finding["severity"]
@@ -504,15 +564,19 @@ def finding_severity(finding, overrides=None):
 def finding_key(finding):
     """What makes two observations the same finding.
 
-    XIDs: code, GPU and the catalog's own severity for the line, so that an XID 154 that asks for a
-    reboot and a later one that asks for nothing stay two findings (the milder one cannot replace the
-    worse). SXids: code and switch. Checks: the check.
+    XIDs: code, GPU and the catalog's own severity for the line and node, so that an XID 154 that
+    asks for a reboot and a later one that asks for nothing stay two findings (the milder one cannot
+    replace the worse). SXids: code and switch. Checks: the check. A failed sweep or quarantine: its
+    Job (and the quarantine's part).
     """
     kind = finding["kind"]
     if kind == "xid":
-        return ("xid", finding["xid"], finding.get("pci"), xid_catalog.aws_severity(finding["xid"], finding.get("text") or ""))
+        return ("xid", finding["xid"], finding.get("pci"),
+                xid_catalog.aws_severity(finding["xid"], finding.get("text") or "", finding.get("facts")))
     if kind == "sxid":
         return ("sxid", finding["sxid"], finding.get("pci"))
+    if kind in JOB_FINDINGS:
+        return (kind, finding["job"], finding["check"])
     return ("check", finding["check"])
 
 
@@ -540,6 +604,16 @@ CHECK_SEVERITIES = {
     "row_remap_failure": "ISOLATE",    # spare rows exhausted: only replacing the GPU helps
     "efa_missing": "REBOOT",           # fewer EFA devices than the instance type has
     "nvlink_inactive": "RESET",        # NVLink links train again when the GPU is reset
+    # As the AWS suite rates them:
+    "retired_pages_dbe": "ISOLATE",    # pages retired for double-bit (uncorrectable) errors
+    "retired_pages_sbe": "MONITOR",    # single-bit retired pages above retired_pages_sbe_max
+    "persistence_disabled": "MONITOR",  # persistence mode off: slow starts, state lost between jobs
+    "topology_link_missing": "ISOLATE",  # a GPU pair without any path in nvidia-smi topo -m
+    "nvlink_missing": "ISOLATE",       # NVLink expected (instance profile) but no NV# path at all
+    "fabric_not_ready": "RESET",       # fabric manager has not registered a GPU in the NVSwitch fabric
+    # A GPU missing from the topology is the same fault as gpu_missing, hence the same severity
+    # (the suite says ISOLATE).
+    "topology_gpu_missing": "REBOOT",
 }
 SMI_LOST_MARKERS = ("gpu is lost", "unknown error")
 SMI_RESET_MARKER = "gpu requires reset"
@@ -666,16 +740,18 @@ def eval_ecc(smi):
     return result("PASS", "no volatile uncorrectable ECC errors on %d GPUs" % reported)
 
 
-def eval_retired_pages(retired, remapped):
-    """Retired pages pending (pre-Ampere) and row remapping pending / failed (Ampere and newer).
+def eval_retired_pages(retired, remapped, sbe_max):
+    """Retired pages (pre-Hopper: pending, single-bit and double-bit counts) and row remapping
+    pending / failed (Ampere and newer), as the AWS suite's check 0 rates them.
 
-    retired: ``index,retired_pages.pending``; remapped: ``index,remapped_rows.pending,remapped_rows.failure``.
-    A query the driver does not support, or values N/A on every GPU, leave that half out.
+    retired: ``index,retired_pages.pending,retired_pages.sbe,retired_pages.dbe``; remapped:
+    ``index,remapped_rows.pending,remapped_rows.failure``. A query the driver does not support, or
+    values N/A on every GPU, leave that half out.
     """
     if not retired.found and not remapped.found:
         return skipped(retired.error or "nvidia-smi not found")
     severity, details, supported = "PASS", [], False
-    for name, tool, columns in (("retired_pages", retired, ("retired_pages_pending",)),
+    for name, tool, columns in (("retired_pages", retired, ("retired_pages_pending", "retired_pages_sbe", "retired_pages_dbe")),
                                 ("remapped_rows", remapped, ("row_remap_pending", "row_remap_failure"))):
         problem = tool_problem("nvidia-smi (%s)" % name, tool, CHECK_SEVERITIES["smi_failed"], unsupported_ok=True)
         if problem:
@@ -688,14 +764,96 @@ def eval_retired_pages(retired, remapped):
                 if value.lower() in NA_VALUES:
                     continue
                 supported = True
-                if value.lower() in YES_VALUES:
+                found = _retired_value(column, value, sbe_max)
+                if found:
                     severity = worst((severity, CHECK_SEVERITIES[column]))
-                    details.append("GPU %s: %s" % (row[0], column.replace("_", " ")))
+                    details.append("GPU %s: %s" % (row[0], found))
     if not supported and not details:
         return skipped("no GPU reports retired pages or row remapping")
     if not details:
-        return result("PASS", "no retired pages or row remappings pending")
+        return result("PASS", "no retired pages or row remappings pending, single-bit retired pages at most %d" % sbe_max)
     return result(severity, "; ".join(details))
+
+
+def _retired_value(column, value, sbe_max):
+    """What a retired-pages or remapped-rows value says is wrong, or None."""
+    if column in ("retired_pages_sbe", "retired_pages_dbe"):
+        count = int(value) if value.isdigit() else 0
+        if column == "retired_pages_dbe" and count > 0:
+            return "%d page(s) retired for double-bit ECC errors" % count
+        if column == "retired_pages_sbe" and count > sbe_max:
+            return "%d page(s) retired for single-bit ECC errors (threshold %d)" % (count, sbe_max)
+        return None
+    return column.replace("_", " ") if value.lower() in YES_VALUES else None
+
+
+def eval_persistence(smi):
+    """Persistence mode (index, persistence_mode): the AWS suite warns where it is disabled."""
+    problem = tool_problem("nvidia-smi (persistence_mode)", smi, CHECK_SEVERITIES["smi_failed"], unsupported_ok=True)
+    if problem:
+        return problem if problem["status"] == "skipped" else _warn_only(problem)
+    rows = [row for row in csv_rows(smi.stdout) if len(row) >= 2 and row[1].lower() not in NA_VALUES]
+    if not rows:
+        return skipped("no GPU reports a persistence mode")
+    disabled = [row[0] for row in rows if row[1].lower() == "disabled"]
+    if disabled:
+        return result(CHECK_SEVERITIES["persistence_disabled"], "persistence mode disabled on %d of %d GPUs (GPU %s)"
+                      % (len(disabled), len(rows), ", ".join(disabled)), disabled=len(disabled))
+    return result("PASS", "persistence mode enabled on %d GPUs" % len(rows), disabled=0)
+
+
+TOPO_ROW_RE = re.compile(r"^GPU(\d+)\s")
+NV_PATH_RE = re.compile(r"^NV\d+$")
+
+
+def eval_topology(smi, expected_gpus, nvlink_expected):
+    """GPU topology (nvidia-smi topo -m), as the AWS suite's check 3 reads it: every GPU in the
+    matrix, a path between every pair (an off-diagonal X is none), and NVLink paths where the
+    instance profile expects NVLink."""
+    problem = tool_problem("nvidia-smi topo -m", smi, CHECK_SEVERITIES["smi_failed"], unsupported_ok=True)
+    if problem:
+        return problem if problem["status"] == "skipped" else _warn_only(problem)
+    rows = [line.split() for line in smi.stdout.splitlines() if TOPO_ROW_RE.match(line)]
+    if not rows:
+        return skipped("nvidia-smi topo -m lists no GPU")
+    count = len(rows)
+    severity, details = "PASS", []
+    if expected_gpus is not None and count < expected_gpus:
+        severity = worst((severity, CHECK_SEVERITIES["topology_gpu_missing"]))
+        details.append("%d of %d GPUs in the topology" % (count, expected_gpus))
+    paths = [(row[0], column, entry) for index, row in enumerate(rows)
+             for column, entry in enumerate(row[1:count + 1]) if column != index]
+    unlinked = ["%s-GPU%d" % (name, column) for name, column, entry in paths if entry == "X"]
+    if unlinked:
+        severity = worst((severity, CHECK_SEVERITIES["topology_link_missing"]))
+        details.append("no path between %s" % ", ".join(unlinked[:16]))
+    nvlinks = sum(1 for _name, _column, entry in paths if NV_PATH_RE.match(entry))
+    if nvlink_expected and paths and nvlinks == 0:
+        severity = worst((severity, CHECK_SEVERITIES["nvlink_missing"]))
+        details.append("no NVLink path between the GPUs, the instance profile expects NVLink")
+    if details:
+        return result(severity, "; ".join(details), gpus=count, nvlink_paths=nvlinks)
+    return result("PASS", "%d GPUs, every pair connected%s" % (count, ", NVLink" if nvlinks else ""),
+                  gpus=count, nvlink_paths=nvlinks)
+
+
+def eval_fabric(smi, nvlink_expected):
+    """Fabric manager, as the GPUs report their registration in the NVSwitch fabric
+    (index, fabric.state, fabric.status): Completed and Success on every GPU. Only where the
+    instance profile expects NVLink, like the AWS suite's check 3."""
+    if not nvlink_expected:
+        return skipped("the instance profile expects no NVLink fabric")
+    problem = tool_problem("nvidia-smi (fabric.state)", smi, CHECK_SEVERITIES["smi_failed"], unsupported_ok=True)
+    if problem:
+        return problem if problem["status"] == "skipped" else _warn_only(problem)
+    rows = [row for row in csv_rows(smi.stdout) if len(row) >= 3 and row[1].lower() not in NA_VALUES]
+    if not rows:
+        return skipped("no GPU is part of an NVSwitch fabric (fabric.state not supported)")
+    waiting = ["GPU %s: %s/%s" % (row[0], row[1], row[2]) for row in rows
+               if row[1].lower() != "completed" or row[2].lower() != "success"]
+    if waiting:
+        return result(CHECK_SEVERITIES["fabric_not_ready"], "fabric registration not complete: %s" % ", ".join(waiting))
+    return result("PASS", "%d GPUs registered in the NVSwitch fabric" % len(rows))
 
 
 def eval_efa(count, source, expected, instance_type):
@@ -739,6 +897,43 @@ def _warn_only(problem):
     return result("MONITOR", problem["detail"])
 
 
+def _json_annotation(node, key):
+    try:
+        value = json.loads(node_annotations(node).get(key) or "null")
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _finished(result):
+    try:
+        return parse_rfc3339(result.get("finished") or "")
+    except ValueError:
+        return None
+
+
+def job_observations(node, config):
+    """Findings that the node's diagnostic Job results ask for: a failed sweep (<prefix>sweep-result,
+    result fail) at sweep_failure_severity, and each part of a quarantine run
+    (<prefix>quarantine-result, its checks) that warned or failed, at its severity. Each at the
+    time its Job finished."""
+    prefix, out = config["prefix"], []
+    sweep = _json_annotation(node, prefix + SWEEP_RESULT_ANNOTATION)
+    if sweep and sweep.get("result") == "fail" and sweep.get("job") and _finished(sweep):
+        out.append({"kind": "sweep", "job": str(sweep["job"]), "check": "1-dcgm-diag-l2",
+                    "severity": config["sweep_failure_severity"], "at": _finished(sweep),
+                    "detail": clip("diagnostic Job %s failed (%s): %s" % (sweep["job"], sweep.get("reason") or "Failed",
+                                                                          sweep.get("message") or "no message"))})
+    quarantine = _json_annotation(node, prefix + QUARANTINE_RESULT_ANNOTATION)
+    if quarantine and quarantine.get("job") and _finished(quarantine):
+        for part in quarantine.get("checks") or []:
+            if isinstance(part, dict) and part.get("severity") in SEVERITIES[1:] and part.get("check"):
+                out.append({"kind": "quarantine", "job": str(quarantine["job"]), "check": str(part["check"]),
+                            "severity": part["severity"], "at": _finished(quarantine),
+                            "detail": clip("quarantine Job %s: %s %s" % (quarantine["job"], part["check"], part.get("status")))})
+    return out
+
+
 def check_observations(results):
     """Findings from one cycle's check results: one per check that did not pass."""
     return [{"kind": "check", "check": name, "severity": entry["severity"], "detail": entry["detail"]}
@@ -780,6 +975,8 @@ class Findings:
     def _add(self, observation, when):
         key = finding_key(observation)
         finding = self.items.get(key)
+        # A record read back from the log (the boot scan) or a Job's result keeps its own time.
+        when = observation.pop("at", None) or when
         if finding is None:
             if len(self.items) >= MAX_FINDINGS:
                 self._evict()
@@ -831,6 +1028,10 @@ class Findings:
         with self.lock:
             return self._severity(overrides)
 
+    def has(self, observation):
+        with self.lock:
+            return finding_key(observation) in self.items
+
     def _severity(self, overrides):
         return worst(finding_severity(finding, overrides) for finding in self.items.values())
 
@@ -848,6 +1049,12 @@ class Findings:
                    "count": int(entry.get("count") or 1)}
         if kind == "xid":
             finding.update(xid=int(entry["xid"]), pci=entry.get("pci"), text=str(entry.get("text") or ""))
+            facts = entry.get("facts")
+            if isinstance(facts, dict):
+                finding["facts"] = dict((fact, facts[fact] is True) for fact in xid_catalog.AWS_NODE_FACTS if fact in facts)
+        elif kind in JOB_FINDINGS and entry["severity"] in SEVERITIES:
+            finding.update(job=str(entry["job"]), check=str(entry["check"]), severity=entry["severity"],
+                           detail=str(entry.get("detail") or ""))
         elif kind == "sxid":
             finding.update(sxid=int(entry["sxid"]), pci=entry.get("pci"), switch=entry.get("switch"),
                            fatal=entry.get("fatal"), text=str(entry.get("text") or ""))
@@ -888,14 +1095,16 @@ def instance_type(node):
 
 
 def agent_marks(node, prefix):
-    """What the agent recorded as set by itself: {taint, cordon} (False when it recorded nothing)."""
+    """What the agent recorded as set by itself: {taint, cordon, labels} (False when it recorded
+    nothing). Agents before the labels switch did not record their labels, but always wrote them."""
     try:
         recorded = json.loads(node_annotations(node).get(prefix + AGENT_MARKS_ANNOTATION) or "{}")
     except ValueError:
         recorded = {}
     if not isinstance(recorded, dict):
         recorded = {}
-    return {"taint": recorded.get("taint") is True, "cordon": recorded.get("cordon") is True}
+    return {"taint": recorded.get("taint") is True, "cordon": recorded.get("cordon") is True,
+            "labels": recorded.get("labels", bool(recorded)) is True}
 
 
 def is_unhealthy_taint(taint, prefix):
@@ -912,23 +1121,80 @@ def cordon_holder(node):
     return None
 
 
-def results_document(node_name, severity, findings, checks, config, now, agent=None, cleared=None):
-    """The ``<prefix>results`` annotation: overall severity, latest checks, active findings."""
+# The AWS suite's checks as its results annotation names them, and which of the agent's checks and
+# findings each one covers: check 0 reads nvidia-smi and the kernel log, 1 is the sweep's DCGM
+# level 2, 2 counts EFA devices, 3 reads the topology, NVLink and fabric manager; 4 (DCGM level 4)
+# and 6 (EFA loopback) are the quarantine run's.
+SUITE_CHECKS = (
+    ("0-nvidia-smi", ("gpu_count", "gpu_state", "ecc", "retired_pages", "persistence_mode")),
+    ("1-dcgm-diag-l2", ()),
+    ("2-efa-enumeration", ("efa",)),
+    ("3-topology-check", ("nvlink", "topology", "fabric_manager")),
+    ("4-dcgm-diag-l4", ()),
+    ("6-efa-loopback", ()),
+)
+SUITE_CHECK_OF = dict((check, name) for name, checks in SUITE_CHECKS for check in checks)
+
+
+def suite_check_of(finding):
+    """The AWS suite's check a finding belongs to."""
+    if finding["kind"] in ("xid", "sxid"):
+        return "0-nvidia-smi"
+    if finding["kind"] in JOB_FINDINGS:
+        return finding["check"]
+    return SUITE_CHECK_OF.get(finding["check"])
+
+
+def suite_checks(findings, checks):
+    """The results annotation's ``checks`` as the AWS suite writes it: [{check, status, severity}]
+    with status PASS, WARN, FAIL or SKIP and severity "" unless it warns or fails. A check is
+    listed when the agent ran a check of it or one of its findings is active; its status follows
+    the worst active finding (sticky, like the node's), else its latest results."""
+    out = []
+    for name, covered in SUITE_CHECKS:
+        severities = [finding["severity"] for finding in findings if suite_check_of(finding) == name]
+        ran = [checks[check]["status"] for check in covered if check in checks]
+        if not severities and not ran:
+            continue
+        severity = worst(severities)
+        if severity != "PASS":
+            status = "WARN" if severity == "MONITOR" else "FAIL"
+        else:
+            status = "SKIP" if all(state == "skipped" for state in ran) else "PASS"
+        out.append({"check": name, "status": status, "severity": severity if severity != "PASS" else ""})
+    return out
+
+
+def results_document(node, severity, findings, checks, config, now, agent=None, cleared=None, position=None):
+    """The ``<prefix>results`` annotation.
+
+    The AWS suite's shape, where its readers look for it: timestamp, hostname, instance_type,
+    status, severity and checks (a list of {check, status, severity}). Beside it, the agent's own:
+    the node, the time with microseconds, the agent pod, each lightweight check's result
+    (check_results), the active findings, the configuration in force, the clear last applied and the
+    kernel log position counted up to (log_position: what a restarted agent must not count again).
+    """
+    name = _metadata(node).get("name")
     return {
-        "node": node_name,
-        "time": rfc3339(now),
-        "severity": severity,
+        "timestamp": suite_time(now),
+        "hostname": name,
+        "instance_type": instance_type(node) or "unknown",
         "status": STATUS_OF[severity],
+        "severity": severity,
+        "checks": suite_checks(findings, checks),
+        "node": name,
+        "time": rfc3339(now),
         "agent": agent or {},
-        "checks": checks,
+        "check_results": checks,
         "findings": findings[:MAX_REPORTED_FINDINGS],
         "findings_total": len(findings),
         "config": config_summary(config),
         "clear_findings_before": cleared,
+        "log_position": position,
     }
 
 
-def plan_marks(node, findings, checks, config, now, agent=None, old_prefix=None, cleared=None):
+def plan_marks(node, findings, checks, config, now, agent=None, old_prefix=None, cleared=None, position=None):
     """The merge patch that makes the node's marks match the findings.
 
     findings: the active findings (Findings.snapshot()), checks: the latest check results. The
@@ -936,7 +1202,9 @@ def plan_marks(node, findings, checks, config, now, agent=None, old_prefix=None,
     the agent's agent-marks annotation says the agent added it; a taint someone else put there stays.
     Likewise the cordon (only with ``cordon`` set): set at or above cordon_min_severity if the node is
     schedulable, lifted below it only if the agent set it and nobody else (NVSentinel, another field
-    manager) holds it. Other taints, labels and annotations are not in the patch at all. When the
+    manager) holds it. With ``taint`` or ``labels`` off (the AWS suite's ENABLE_TAINT and
+    ENABLE_LABEL), the agent sets no taint, or no status, severity and last-check labels, and takes
+    off those it set. Other taints, labels and annotations are not in the patch at all. When the
     taints or the cordon change, the patch carries the node's resourceVersion: a node changed since
     it was read makes the API answer 409 and the caller reads it again.
 
@@ -963,7 +1231,7 @@ def plan_marks(node, findings, checks, config, now, agent=None, old_prefix=None,
     had_taint = any(is_unhealthy_taint(taint, prefix) for taint in taints)
     has_taint = any(is_unhealthy_taint(taint, prefix) for taint in new_taints)
     own_taint = owned["taint"] and has_taint
-    want_taint = at_least(severity, config["taint_min_severity"])
+    want_taint = config["taint"] and at_least(severity, config["taint_min_severity"])
     if want_taint and not has_taint:
         new_taints.append({"key": prefix + UNHEALTHY_TAINT, "value": UNHEALTHY_VALUE, "effect": UNHEALTHY_EFFECT})
         own_taint = True
@@ -983,12 +1251,16 @@ def plan_marks(node, findings, checks, config, now, agent=None, old_prefix=None,
         own_cordon = False
 
     patch_annotations[prefix + RESULTS_ANNOTATION] = json.dumps(
-        results_document(_metadata(node).get("name"), severity, findings, checks, config, now, agent, cleared),
+        results_document(node, severity, findings, checks, config, now, agent, cleared, position),
         sort_keys=True, separators=(",", ":"))
-    patch_annotations[prefix + AGENT_MARKS_ANNOTATION] = json.dumps({"taint": own_taint, "cordon": own_cordon}, sort_keys=True)
-    metadata = {"labels": {prefix + STATUS_LABEL: status, prefix + SEVERITY_LABEL: severity,
-                           prefix + LAST_CHECK_LABEL: label_time(now)},
-                "annotations": patch_annotations}
+    patch_annotations[prefix + AGENT_MARKS_ANNOTATION] = json.dumps(
+        {"taint": own_taint, "cordon": own_cordon, "labels": config["labels"]}, sort_keys=True)
+    label_names = (prefix + STATUS_LABEL, prefix + SEVERITY_LABEL, prefix + LAST_CHECK_LABEL)
+    if config["labels"]:
+        patch_labels = dict(zip(label_names, (status, severity, label_time(now))))
+    else:
+        patch_labels = dict((label, None) for label in label_names if owned["labels"] and label in labels)
+    metadata = {"labels": patch_labels, "annotations": patch_annotations}
     patch = {"metadata": metadata}
     if new_taints != taints or unschedulable != cordoned:
         if _metadata(node).get("resourceVersion"):
@@ -999,130 +1271,16 @@ def plan_marks(node, findings, checks, config, now, agent=None, old_prefix=None,
         if unschedulable != cordoned:
             patch["spec"]["unschedulable"] = True if unschedulable else None
     changes = [{"mark": mark, "from": old, "to": new} for mark, old, new in (
-        (prefix + STATUS_LABEL, labels.get(prefix + STATUS_LABEL), status),
-        (prefix + SEVERITY_LABEL, labels.get(prefix + SEVERITY_LABEL), severity),
+        (prefix + STATUS_LABEL, labels.get(prefix + STATUS_LABEL), patch_labels.get(prefix + STATUS_LABEL)),
+        (prefix + SEVERITY_LABEL, labels.get(prefix + SEVERITY_LABEL), patch_labels.get(prefix + SEVERITY_LABEL)),
         ("taint " + prefix + UNHEALTHY_TAINT, had_taint, any(is_unhealthy_taint(taint, prefix) for taint in new_taints)),
         ("cordon", cordoned, unschedulable)) if old != new]
     return MarkPlan(patch, severity, status, own_taint, own_cordon, changes)
 
 
 # ============================================================================================
-# Kubernetes API client (in-cluster, standard library only)
+# The node, through the Kubernetes API (kube_api.py, the node programs' shared client)
 # ============================================================================================
-
-MERGE_PATCH = "application/merge-patch+json"
-
-
-class ApiError(Exception):
-    """A Kubernetes API request that failed; ``status`` is the HTTP status (0: no response)."""
-
-    def __init__(self, status, reason, message):
-        super().__init__("%s %s: %s" % (status, reason, message))
-        self.status = status
-        self.reason = reason
-        self.message = message
-
-
-class KubeClient:
-    """JSON over HTTPS to the API server with the pod's service account token.
-
-    Requests share one kept-alive connection (the marking path stays short); a watch has its own.
-    The token is read from its file for every request: the kubelet rotates bound tokens.
-    """
-
-    def __init__(self, host, port, sa_dir, timeout=API_TIMEOUT):
-        self.host = host
-        self.port = int(port)
-        self.token_path = os.path.join(sa_dir, "token")
-        self.timeout = timeout
-        self.context = ssl.create_default_context(cafile=os.path.join(sa_dir, "ca.crt"))
-        self.lock = threading.Lock()
-        self.connection = None
-
-    @classmethod
-    def in_cluster(cls):
-        host = os.environ.get("KUBERNETES_SERVICE_HOST")
-        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-        if not host:
-            raise ApiError(0, "NoCluster", "KUBERNETES_SERVICE_HOST is not set: not running in a cluster")
-        return cls(host, port, os.environ.get("KUBERNETES_SERVICEACCOUNT_DIR") or SERVICEACCOUNT_DIR)
-
-    def _headers(self, content_type=None):
-        with open(self.token_path, encoding="ascii") as handle:
-            token = handle.read().strip()
-        headers = {"Authorization": "Bearer " + token, "Accept": "application/json", "User-Agent": AGENT_NAME}
-        if content_type:
-            headers["Content-Type"] = content_type
-        return headers
-
-    @staticmethod
-    def url(path, query=None):
-        return path + ("?" + urllib.parse.urlencode(query) if query else "")
-
-    def _connect(self, timeout):
-        return http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=timeout)
-
-    def request(self, method, path, query=None, body=None, content_type="application/json"):
-        """One request; the decoded JSON answer, or ApiError. A broken kept-alive connection is retried once."""
-        payload = None if body is None else json.dumps(body).encode("utf-8")
-        headers = self._headers(content_type if body is not None else None)
-        with self.lock:
-            try:
-                status, data = self._exchange(method, self.url(path, query), payload, headers)
-            except (OSError, http.client.HTTPException):
-                # A kept-alive connection the server closed meanwhile: once more on a new one.
-                try:
-                    status, data = self._exchange(method, self.url(path, query), payload, headers)
-                except (OSError, http.client.HTTPException) as e:
-                    raise ApiError(0, "ConnectionError", "%s %s: %s" % (method, path, e)) from e
-        if status >= 400:
-            raise self.error(status, data)
-        return json.loads(data.decode("utf-8")) if data else {}
-
-    def _exchange(self, method, url, payload, headers):
-        """(status, body) over the kept-alive connection, which is dropped on any error."""
-        if self.connection is None:
-            self.connection = self._connect(self.timeout)
-        try:
-            self.connection.request(method, url, body=payload, headers=headers)
-            response = self.connection.getresponse()
-            data = response.read()
-        except Exception:
-            self.connection.close()
-            self.connection = None
-            raise
-        if response.will_close:
-            self.connection.close()
-            self.connection = None
-        return response.status, data
-
-    def stream(self, path, query, timeout):
-        """The JSON lines of a watch, until the server ends it."""
-        connection = self._connect(timeout)
-        try:
-            connection.request("GET", self.url(path, query), headers=self._headers())
-            response = connection.getresponse()
-            if response.status >= 400:
-                raise self.error(response.status, response.read())
-            while True:
-                line = response.readline()
-                if not line:
-                    return
-                if line.strip():
-                    yield json.loads(line.decode("utf-8"))
-        except (OSError, http.client.HTTPException) as e:
-            raise ApiError(0, "ConnectionError", "watch %s: %s" % (path, e)) from e
-        finally:
-            connection.close()
-
-    @staticmethod
-    def error(status, data):
-        try:
-            body = json.loads(data.decode("utf-8"))
-            return ApiError(status, body.get("reason") or "", body.get("message") or "")
-        except (ValueError, AttributeError):
-            return ApiError(status, "", clip(data.decode("utf-8", "replace"), 300))
-
 
 class NodeApi:
     """The calls the agent makes, all on its own node. Tests replace it with a fake."""
@@ -1140,10 +1298,8 @@ class NodeApi:
         return self.client.request("PATCH", self.path, {"fieldManager": FIELD_MANAGER}, body, MERGE_PATCH)
 
     def watch(self, resource_version, timeout_seconds=WATCH_SECONDS):
-        query = {"fieldSelector": "metadata.name=" + self.node, "watch": "true", "allowWatchBookmarks": "true",
-                 "resourceVersion": resource_version, "timeoutSeconds": str(timeout_seconds)}
-        # The socket timeout outlives the server's, so a silently dead connection still ends.
-        return self.client.stream("/api/v1/nodes", query, timeout_seconds + 30)
+        return self.client.watch("/api/v1/nodes", {"fieldSelector": "metadata.name=" + self.node,
+                                                   "resourceVersion": resource_version}, timeout_seconds)
 
 
 # ============================================================================================
@@ -1154,25 +1310,61 @@ class SourceError(Exception):
     """A kernel log source that stopped; the watcher opens it again after a pause."""
 
 
-class KmsgSource:
-    """/dev/kmsg: read-only, from its end (SEEK_END), one record per read."""
+# Where a source has counted up to, persisted in the results annotation (log_position) so that a
+# restarted agent neither misses nor counts again what the one before it read. The boot id tells
+# whether the position belongs to the current boot: records of an earlier boot are gone.
+def same_boot(position, source, boot_id):
+    return isinstance(position, dict) and position.get("source") == source and position.get("boot_id") == boot_id
 
-    def __init__(self, path):
+
+def read_boot_id(path):
+    """The host's boot id (/proc/sys/kernel/random/boot_id), or None when it cannot be read."""
+    try:
+        with open(path, encoding="ascii") as handle:
+            return handle.read(64).strip() or None
+    except (OSError, ValueError):
+        return None
+
+
+def since_boot(seconds):
+    """The wall-clock time of a moment ``seconds`` after boot (a /dev/kmsg timestamp)."""
+    clock = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+    return now_utc() - datetime.timedelta(seconds=max(0.0, time.clock_gettime(clock) - seconds))
+
+
+class KmsgSource:
+    """/dev/kmsg, read-only, one record per read. At open, the current boot's records after the
+    position (all of them without one), at most the last ``scan``; then what the kernel logs."""
+
+    def __init__(self, path, boot_id=None):
         self.path = path
+        self.boot_id = boot_id
         self.fd = None
+        self.seq = None         # sequence number of the last record read
 
     def describe(self):
         return "kmsg %s" % self.path
 
-    def open(self):
+    def open(self, position=None, scan=0):
         self.fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        os.lseek(self.fd, 0, os.SEEK_END)
-
-    def read(self, timeout):
-        if not select.select([self.fd], [], [], timeout)[0]:
+        if scan <= 0:
+            os.lseek(self.fd, 0, os.SEEK_END)
             return []
+        # SEEK_SET: the oldest record still in the kernel's buffer, which holds the current boot only.
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        after = position.get("seq") if same_boot(position, "kmsg", self.boot_id) else None
+        records = [record for record in self._drain() if after is None or record.meta["seq"] > after]
+        for record in records:
+            record.meta["time"] = since_boot(record.meta["usec"] / 1e6)
+        return records[-scan:]
+
+    def position(self):
+        return None if self.seq is None else {"source": "kmsg", "boot_id": self.boot_id, "seq": self.seq}
+
+    def _drain(self):
+        """Every record readable now (a regular file standing in for the device: up to its end)."""
         chunks = []
-        for _attempt in range(256):
+        while True:
             try:
                 data = os.read(self.fd, KMSG_READ_SIZE)
             except BlockingIOError:
@@ -1185,7 +1377,15 @@ class KmsgSource:
                 break
             chunks.append(data)
         records = parse_kmsg(b"".join(chunks))
-        if not chunks:
+        if records:
+            self.seq = records[-1].meta["seq"]
+        return records
+
+    def read(self, timeout):
+        if not select.select([self.fd], [], [], timeout)[0]:
+            return []
+        records = self._drain()
+        if not records:
             time.sleep(min(timeout, FILE_POLL))  # a regular file stands in for the device: at its end
         return records
 
@@ -1196,13 +1396,17 @@ class KmsgSource:
 
 
 class JournalSource:
-    """``journalctl -k -f -o json --since now`` (argument list, no shell); after a restart of the
-    process it goes on after the last cursor read, so nothing is lost or seen twice."""
+    """``journalctl -k -f -o json`` (argument list, no shell). At open: after the position's cursor
+    when it is of the current boot, else the current boot's last ``scan`` kernel records (``-k``
+    means the current boot); ``scan`` 0: from now on. After a restart of the process it goes on
+    after the last cursor read, so nothing is lost or seen twice."""
 
-    def __init__(self, host_root="/", journalctl="journalctl"):
+    def __init__(self, host_root="/", journalctl="journalctl", boot_id=None):
         self.host_root = host_root
         self.journalctl = journalctl
+        self.boot_id = boot_id
         self.cursor = None
+        self.scan = 0
         self.process = None
         self.buffer = b""
 
@@ -1216,18 +1420,27 @@ class JournalSource:
             argv.append("--root=" + self.host_root)
         if self.cursor:
             argv += ["--after-cursor=" + self.cursor, "--no-tail"]
+        elif self.scan > 0:
+            argv += ["--lines=%d" % self.scan]
         else:
             argv += ["--since", "now"]
         return argv
 
-    def open(self):
+    def open(self, position=None, scan=0):
         executable = shutil.which(self.journalctl)
         if not executable:
             raise SourceError("%s not found" % self.journalctl)
+        if self.cursor is None and scan > 0 and same_boot(position, "journal", self.boot_id):
+            self.cursor = position.get("cursor")
+        self.scan = scan
         self.buffer = b""
         self.process = subprocess.Popen(  # pylint: disable=consider-using-with
             self.argv(executable), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             close_fds=True)
+        return []   # the records before now arrive first through read()
+
+    def position(self):
+        return None if not self.cursor else {"source": "journal", "boot_id": self.boot_id, "cursor": self.cursor}
 
     def read(self, timeout):
         fd = self.process.stdout.fileno()
@@ -1249,6 +1462,8 @@ class JournalSource:
                 continue
             if record is not None:
                 self.cursor = record.meta.get("cursor") or self.cursor
+                if record.meta.get("usec"):
+                    record.meta["time"] = datetime.datetime.fromtimestamp(record.meta["usec"] / 1e6, datetime.timezone.utc)
                 records.append(record)
         return records
 
@@ -1286,20 +1501,24 @@ def inotify_watch(directory):
 
 
 class FileSource:
-    """A regular file that a writer appends kernel log records to (tests, simulated nodes).
+    """A regular file that a writer appends kernel log records to (tests, simulated nodes), standing
+    in for the kernel log of the current boot.
 
-    Starts at the end of the file, follows appends, starts over on a truncated file and switches to
-    a new file put in place of the old one (rotation), from its beginning. A file created after the
-    start is read from its beginning. Opened again after an error, it goes on where it was.
+    At the first open: the records after the position when it is of the current boot, else the
+    file's last ``scan`` records (none with ``scan`` 0); then it follows appends, starts over on a
+    truncated file and switches to a new file put in place of the old one (rotation), from its
+    beginning. A file created after the start is read from its beginning. Opened again after an
+    error, it goes on where it was.
 
     A quiet file is waited on with inotify on its directory, so that an idle agent costs nothing
     and an append wakes it at once (hundreds of simulated nodes run an agent each on one machine);
     without inotify, it is looked at again every ``poll`` seconds.
     """
 
-    def __init__(self, path, poll=FILE_POLL):
+    def __init__(self, path, poll=FILE_POLL, boot_id=None):
         self.path = path
         self.poll = poll
+        self.boot_id = boot_id
         self.notify = inotify_watch(os.path.dirname(os.path.abspath(path)))
         self.fd = None
         self.identity = None    # (st_dev, st_ino) of the open file
@@ -1309,8 +1528,34 @@ class FileSource:
     def describe(self):
         return "file %s" % self.path
 
-    def open(self):
-        self._try_open()
+    def open(self, position=None, scan=0):
+        if self.offset is not None or not os.path.exists(self.path):
+            self._try_open()
+            return []
+        try:
+            size = os.stat(self.path).st_size
+        except FileNotFoundError:
+            size = 0
+        resume = position.get("offset") if same_boot(position, "file", self.boot_id) else None
+        if scan <= 0:
+            self.offset = size
+        elif isinstance(resume, int) and 0 <= resume <= size:
+            self.offset = resume
+        else:
+            self.offset = 0
+        records = []
+        if self._try_open():
+            while True:
+                batch = self.read(0)
+                if not batch:
+                    break
+                records.extend(batch)
+        return records[-scan:] if scan > 0 else []
+
+    def position(self):
+        if self.offset is None:
+            return None
+        return {"source": "file", "boot_id": self.boot_id, "offset": self.offset - len(self.rest)}
 
     def _try_open(self):
         try:
@@ -1323,7 +1568,7 @@ class FileSource:
         identity = (stat.st_dev, stat.st_ino)
         if self.offset is None:
             self.offset = stat.st_size
-        elif identity != self.identity or stat.st_size < self.offset:
+        elif (self.identity is not None and identity != self.identity) or stat.st_size < self.offset:
             self.offset, self.rest = 0, b""
         os.lseek(fd, self.offset, os.SEEK_SET)
         self.fd, self.identity = fd, identity
@@ -1381,13 +1626,13 @@ class FileSource:
             self.fd = None
 
 
-def make_source(kind, path, host_root="/"):
+def make_source(kind, path, host_root="/", boot_id=None):
     if kind == "kmsg":
-        return KmsgSource(path)
+        return KmsgSource(path, boot_id=boot_id)
     if kind == "journal":
-        return JournalSource(host_root)
+        return JournalSource(host_root, boot_id=boot_id)
     if kind == "file":
-        return FileSource(path)
+        return FileSource(path, boot_id=boot_id)
     raise ValueError("kernel log source must be one of %s, got %r" % (", ".join(SOURCES), kind))
 
 
@@ -1420,34 +1665,32 @@ def run_tool(argv, timeout=TOOL_TIMEOUT):
 
 
 class Probe:
-    """Runs the checks' tools and reads sysfs/procfs under the host root."""
+    """Runs the checks' tools and reads the host's sysfs and /proc/driver/nvidia where the pod
+    mounts them (never the container's own: that would be another machine's answer)."""
 
-    def __init__(self, host_root="/", runner=run_tool):
-        self.host_root = host_root or "/"
+    def __init__(self, sys_dir="/host/sys", nvidia_proc="/host/proc/driver/nvidia", runner=run_tool):
+        self.sys_dir = sys_dir
+        self.nvidia_proc = nvidia_proc
         self.runner = runner
 
-    def host_path(self, path):
-        return os.path.join(self.host_root, path.lstrip("/"))
-
-    def nvidia_smi(self, *args):
-        return self.runner(["nvidia-smi"] + list(args))
+    def nvidia_smi(self, *args, timeout=TOOL_TIMEOUT):
+        return self.runner(["nvidia-smi"] + list(args), timeout=timeout)
 
     def proc_gpu_count(self):
-        """GPUs the driver registered (/proc/driver/nvidia/gpus/<pci>), or None without the directory."""
-        for base in dict.fromkeys((self.host_path("/proc/driver/nvidia/gpus"), "/proc/driver/nvidia/gpus")):
-            if os.path.isdir(base):
-                return sum(1 for name in os.listdir(base) if os.path.isdir(os.path.join(base, name)))
-        return None
+        """GPUs the driver registered (<nvidia_proc>/gpus/<pci>), or None without the directory."""
+        base = os.path.join(self.nvidia_proc, "gpus")
+        if not os.path.isdir(base):
+            return None
+        return sum(1 for name in os.listdir(base) if os.path.isdir(os.path.join(base, name)))
 
     def efa_devices(self):
-        """(count, source): EFA devices in /sys/class/infiniband, else from ``fi_info -p efa``; count None when neither works."""
-        for base in dict.fromkeys((self.host_path("/sys/class/infiniband"), "/sys/class/infiniband")):
-            if os.path.isdir(base):
-                count = sum(1 for name in os.listdir(base) if self._is_efa(base, name))
-                return count, base
+        """(count, source): EFA devices in <sys>/class/infiniband, else from ``fi_info -p efa``; count None when neither works."""
+        base = os.path.join(self.sys_dir, "class", "infiniband")
+        if os.path.isdir(base):
+            return sum(1 for name in os.listdir(base) if self._is_efa(base, name)), base
         tool = self.runner(["fi_info", "-p", "efa", "-t", "FI_EP_RDM"])
         if not tool.found:
-            return None, "/sys/class/infiniband missing and fi_info not found"
+            return None, "%s missing and fi_info not found" % base
         if tool.timed_out or tool.error:
             return None, "fi_info -p efa: %s" % (tool.error or "timed out")
         domains = set()
@@ -1463,6 +1706,21 @@ class Probe:
             return True
         driver = os.path.join(base, name, "device", "driver")
         return os.path.islink(driver) and os.path.basename(os.path.realpath(driver)) == "efa"
+
+    def node_facts(self, needed):
+        """The node facts the AWS suite's XID rules need (xid_catalog.AWS_NODE_FACTS), read now with
+        nvidia-smi: {fact: bool}; a fact that cannot be read is left out (counts as false)."""
+        queries = {"a100": ("--query-gpu=index,name", lambda rows: any("a100" in row[1].lower() for row in rows)),
+                   "mig": ("--query-gpu=index,mig.mode.current", lambda rows: any(row[1].lower() == "enabled" for row in rows)),
+                   # Every CUDA process holds /dev/nvidia-uvm; nvidia-smi sees them without hostPID.
+                   "uvm_in_use": ("--query-compute-apps=pid,gpu_bus_id", lambda rows: any(row[0].isdigit() for row in rows))}
+        facts = {}
+        for fact in needed:
+            query, judge = queries[fact]
+            tool = self.nvidia_smi(query, "--format=csv,noheader", timeout=FACT_TIMEOUT)
+            if tool.found and tool.returncode == 0 and not tool.timed_out:
+                facts[fact] = judge([row for row in csv_rows(tool.stdout) if len(row) >= 2])
+        return facts
 
 
 def run_checks(config, node_instance_type, probe):
@@ -1480,13 +1738,25 @@ def run_checks(config, node_instance_type, probe):
             "--query-gpu=index,ecc.errors.uncorrected.volatile.total", "--format=csv,noheader,nounits"))
     if enabled["retired_pages"]:
         results["retired_pages"] = eval_retired_pages(
-            probe.nvidia_smi("--query-gpu=index,retired_pages.pending", "--format=csv,noheader"),
-            probe.nvidia_smi("--query-gpu=index,remapped_rows.pending,remapped_rows.failure", "--format=csv,noheader"))
+            probe.nvidia_smi("--query-gpu=index,retired_pages.pending,retired_pages.sbe,retired_pages.dbe",
+                             "--format=csv,noheader"),
+            probe.nvidia_smi("--query-gpu=index,remapped_rows.pending,remapped_rows.failure", "--format=csv,noheader"),
+            config["retired_pages_sbe_max"])
+    if enabled["persistence_mode"]:
+        results["persistence_mode"] = eval_persistence(probe.nvidia_smi("--query-gpu=index,persistence_mode",
+                                                                        "--format=csv,noheader"))
     if enabled["efa"]:
         count, source = probe.efa_devices()
         results["efa"] = eval_efa(count, source, profile.get("efa"), node_instance_type)
     if enabled["nvlink"]:
         results["nvlink"] = eval_nvlink(probe.nvidia_smi("nvlink", "-s"))
+    if enabled["topology"]:
+        results["topology"] = eval_topology(probe.nvidia_smi("topo", "-m"), profile.get("gpus"), profile.get("nvlink"))
+    if enabled["fabric_manager"]:
+        nvlink = profile.get("nvlink")
+        results["fabric_manager"] = eval_fabric(
+            probe.nvidia_smi("--query-gpu=index,fabric.state,fabric.status", "--format=csv,noheader") if nvlink else None,
+            nvlink)
     for name in CHECKS:
         if not enabled[name]:
             results[name] = skipped("disabled in the configuration")
@@ -1552,8 +1822,10 @@ class HealthAgent:
     """Ties findings, configuration and the node together; each loop runs in its own thread.
 
     * follow_kernel_log: records -> findings; one that raises the node's severity asks for a mark
-      in BATCH_WINDOW, others within UPDATE_DELAY;
-    * watch_node: keeps a fresh copy of the node and notices a new clear-findings-before;
+      in BATCH_WINDOW, others within UPDATE_DELAY. It starts with the boot scan: the current boot's
+      records after the log position the node's results annotation carries;
+    * watch_node: keeps a fresh copy of the node and notices a new clear-findings-before and the
+      results of the sweep's and the quarantine's diagnostic Jobs;
     * check_loop: the lightweight checks every interval_seconds (at once after a clear or when the
       enabled checks change);
     * marker_loop: the only writer; applies plan_marks with optimistic concurrency.
@@ -1576,6 +1848,10 @@ class HealthAgent:
         self.pending_since = None   # monotonic time the earliest unmarked escalation was read
         self.old_prefix = None      # prefix before a config change, until a mark has moved off it
         self.cleared = None         # the clear-findings-before value last applied
+        self.cutoff = None          # ... as a time: records and Job results before it do not count
+        self.position = None        # kernel log position counted up to (log_position)
+        self.position_lock = threading.Lock()
+        self.started = threading.Event()
         self.checks_now = threading.Event()
 
     # --- state ----------------------------------------------------------------------------------
@@ -1609,9 +1885,12 @@ class HealthAgent:
         self.set_node(node)
         self.restore(node)
         self.apply_clear(node)
+        self.note_job_results(node)
+        self.started.set()
 
     def restore(self, node):
-        """Findings from the agent's own results annotation: severity stays sticky across restarts."""
+        """Findings, the clear last applied and the log position from the agent's own results
+        annotation: severity stays sticky across restarts, and nothing is counted twice."""
         text = node_annotations(node).get(self.config()["prefix"] + RESULTS_ANNOTATION)
         try:
             document = json.loads(text) if text else None
@@ -1621,6 +1900,8 @@ class HealthAgent:
             return 0
         count = self.findings.restore(document.get("findings"))
         self.cleared = document.get("clear_findings_before")
+        self.cutoff = self._parse_cutoff(self.cleared)
+        self.set_position(document.get("log_position"))
         if count:
             log("findings_restored", node=self.node_name, count=count,
                 severity=self.findings.severity(self.config()["xid_severity_overrides"]))
@@ -1638,10 +1919,40 @@ class HealthAgent:
             warn("clear_rejected", node=self.node_name, value=clip(value), error=str(e))
             return False
         # A time in the future clears what was seen so far, not what comes until then.
-        dropped = self.findings.clear_before(min(cutoff, self.clock()))
+        self.cutoff = min(cutoff, self.clock())
+        dropped = self.findings.clear_before(self.cutoff)
         log("findings_cleared", node=self.node_name, before=value, dropped=len(dropped),
             findings=[_finding_brief(finding) for finding in dropped])
         return True
+
+    def _parse_cutoff(self, value):
+        try:
+            return min(parse_rfc3339(value), self.clock()) if value else None
+        except ValueError:
+            return None
+
+    def note_job_results(self, node):
+        """A failed sweep or quarantine recorded on the node becomes a finding (once per Job and
+        part), unless it finished before the last clear."""
+        observations = [observation for observation in job_observations(node, self.config())
+                        if (self.cutoff is None or observation["at"] >= self.cutoff)
+                        and not self.findings.has(observation)]
+        if not observations:
+            return []
+        overrides = self.config()["xid_severity_overrides"]
+        before, after, added = self.findings.add(observations, self.clock(), overrides)
+        for finding, _new in added:
+            log("finding", node=self.node_name, new=True, **_finding_brief(finding))
+        self.request_mark(BATCH_WINDOW if rank(after) > rank(before) else UPDATE_DELAY)
+        return added
+
+    def set_position(self, position):
+        with self.position_lock:
+            self.position = position if isinstance(position, dict) else None
+
+    def current_position(self):
+        with self.position_lock:
+            return copy.deepcopy(self.position)
 
     # --- marking --------------------------------------------------------------------------------
 
@@ -1683,7 +1994,7 @@ class HealthAgent:
                 attempts += 1
                 findings = self.findings.snapshot(config["xid_severity_overrides"])
                 plan = plan_marks(node, findings, self.findings.latest_checks(), config, self.clock(),
-                                  self.agent, self.old_prefix, self.cleared)
+                                  self.agent, self.old_prefix, self.cleared, self.current_position())
                 try:
                     updated = self.api.patch(plan.patch)
                 except ApiError as e:
@@ -1708,16 +2019,31 @@ class HealthAgent:
 
     # --- kernel log -----------------------------------------------------------------------------
 
-    def on_records(self, records, seen=None):
-        """Findings from records just read; returns the findings added or updated."""
+    def on_records(self, records, seen=None, scanned=False):
+        """Findings from records just read; returns the findings added or updated.
+
+        scanned: records the boot scan read back from before the agent started; each counts at its
+        own time (when the source knows it), and one logged before the last clear not at all.
+        """
         seen = time.monotonic() if seen is None else seen
-        observations = []
+        observations, facts = [], {}    # node facts read once per batch (a boot scan may hold many)
         for record in records:
+            at = record.meta.get("time") if scanned else None
+            if at is not None and self.cutoff is not None and at < self.cutoff:
+                continue
             for observation in record_observations(record):
                 if observation["kind"] == "xid" and observation["xid"] is None:
                     warn("xid_line_unparsed", node=self.node_name, text=observation["text"])
-                else:
-                    observations.append(observation)
+                    continue
+                if observation["kind"] == "xid":
+                    needed = xid_catalog.aws_node_facts(observation["xid"])
+                    if needed:
+                        if needed not in facts:
+                            facts[needed] = self.probe.node_facts(needed)
+                        observation["facts"] = dict(facts[needed])
+                if at is not None:
+                    observation["at"] = at
+                observations.append(observation)
         if not observations:
             return []
         overrides = self.config()["xid_severity_overrides"]
@@ -1731,15 +2057,24 @@ class HealthAgent:
         return [finding for finding, new in added]
 
     def follow_kernel_log(self, source):
+        """Follow the kernel log once start() has read the node: first the boot scan (the records of
+        the current boot after the log position, at most boot_scan_lines), then what comes."""
         backoff = 1.0
+        while not self.started.wait(READ_TIMEOUT):
+            if self.stop.is_set():
+                return
         while not self.stop.is_set():
             try:
-                source.open()
-                log("kernel_log_followed", node=self.node_name, source=source.describe())
+                scanned = source.open(self.current_position(), self.config()["boot_scan_lines"])
+                log("kernel_log_followed", node=self.node_name, source=source.describe(), scanned=len(scanned),
+                    position=source.position())
+                self.on_records(scanned, scanned=True)
+                self.set_position(source.position())
                 while not self.stop.is_set():
                     records = source.read(READ_TIMEOUT)
                     if records:
                         self.on_records(records)
+                        self.set_position(source.position())
                     backoff = 1.0
             except Exception as e:  # pylint: disable=broad-except
                 # The device, the journal process or the file went away: open it again after a pause.
@@ -1754,6 +2089,7 @@ class HealthAgent:
 
     def on_node(self, node):
         self.set_node(node)
+        self.note_job_results(node)
         if self.apply_clear(node):
             # Re-run the checks so that the marks follow what is true now; mark anyway after a while.
             self.checks_now.set()
@@ -1857,8 +2193,8 @@ class HealthAgent:
     def run(self, source):
         """Start the loops and poll the config file every second until stopped.
 
-        The kernel log is followed before the node is read, so that no record is missed meanwhile;
-        findings taken back from the node join those.
+        The kernel log is followed once the node is read (its results annotation holds the log
+        position to go on from): records logged meanwhile are read by the boot scan.
         """
         threads = [threading.Thread(target=self.follow_kernel_log, args=(source,), name="kernel-log", daemon=True)]
         threads[0].start()
@@ -1882,8 +2218,8 @@ class HealthAgent:
 
 def _finding_brief(finding):
     """A finding's fields for a log line."""
-    return dict((key, finding[key]) for key in ("kind", "xid", "sxid", "check", "pci", "switch", "severity", "count",
-                                                "time", "detail", "text") if key in finding)
+    return dict((key, finding[key]) for key in ("kind", "xid", "sxid", "check", "job", "pci", "switch", "severity",
+                                                "facts", "count", "time", "detail", "text") if key in finding)
 
 
 # ============================================================================================
@@ -1897,7 +2233,11 @@ def parse_args(argv=None):
     parser.add_argument("--kmsg-source", choices=SOURCES, default="kmsg",
                         help="kmsg: the kernel log device; journal: journalctl -k -f; file: a file records are appended to")
     parser.add_argument("--kmsg-path", default=DEFAULT_KMSG_PATH, help="the device or file (sources kmsg and file)")
-    parser.add_argument("--host-root", default="/", help="where the host's / is mounted (journal, /sys, /proc/driver/nvidia)")
+    parser.add_argument("--host-root", default="/", help="where the host's journal directories are mounted under (source journal)")
+    parser.add_argument("--sys-dir", default="/host/sys", help="the host's /sys (EFA devices)")
+    parser.add_argument("--nvidia-proc", default="/host/proc/driver/nvidia", help="the host's /proc/driver/nvidia (GPU count)")
+    parser.add_argument("--boot-id-file", default="/host/proc/sys/kernel/random/boot_id",
+                        help="the host's boot id: whether the log position in the node's results is of the current boot")
     args = parser.parse_args(argv)
     if not args.node:
         parser.error("--node is required (or the environment variable NODE_NAME)")
@@ -1910,19 +2250,24 @@ def main(argv=None):
     settings = ConfigFile(args.config)
     settings.poll()
     try:
-        client = KubeClient.in_cluster()
+        client = KubeClient.in_cluster(AGENT_NAME, API_TIMEOUT)
     except (ApiError, OSError, ssl.SSLError) as e:
         warn("agent_failed", level="error", error="cannot reach the Kubernetes API: %s" % e)
         return 1
-    agent = HealthAgent(NodeApi(client, args.node), args.node, settings, Probe(args.host_root), agent=agent_info)
+    agent = HealthAgent(NodeApi(client, args.node), args.node, settings, Probe(args.sys_dir, args.nvidia_proc),
+                        agent=agent_info)
 
     def on_signal(signum, frame):  # pylint: disable=unused-argument
         agent.stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    source = make_source(args.kmsg_source, args.kmsg_path, args.host_root)
-    log("agent_started", node=args.node, source=source.describe(), config=args.config, host_root=args.host_root, **agent_info)
+    boot_id = read_boot_id(args.boot_id_file)
+    if boot_id is None:
+        warn("boot_id_unknown", path=args.boot_id_file,
+             note="the log position cannot tell boots apart: a restart goes on from it in any boot")
+    source = make_source(args.kmsg_source, args.kmsg_path, args.host_root, boot_id)
+    log("agent_started", node=args.node, source=source.describe(), config=args.config, boot_id=boot_id, **agent_info)
     status = agent.run(source)
     log("agent_stopped", node=args.node)
     return status

@@ -5,7 +5,8 @@
 
 Run as ``python3 gpu_sweeper.py --config /etc/gpu-healthcheck/sweeper.json`` in a pod whose service
 account may read and patch nodes, list pods and manage Jobs in its namespace (role gpu_healthcheck).
-Python 3.8+ standard library only. Each run does two things and exits:
+Python 3.8+ standard library only, with kube_api.py (the node programs' shared API client) beside
+it. Each run does two things and exits:
 
 1. **Finish** the sweeps of earlier runs. A node the sweeper marked carries the annotation
    ``<prefix>sweep-state`` (JSON: job, started, whether the sweeper added the maintenance taint).
@@ -37,20 +38,22 @@ import argparse
 import copy
 import datetime
 import hashlib
-import http.client
 import json
 import os
 import re
-import ssl
 import sys
 import time
 import urllib.parse
+
+# kube_api.py is shipped next to this file.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from kube_api import ApiError, KubeClient, MERGE_PATCH  # noqa: E402  pylint: disable=wrong-import-position
 
 SWEEPER_NAME = "gpu-healthcheck-sweeper"
 DEFAULT_PREFIX = "gpu-healthcheck.aws-samples.io/"
 MAINTENANCE_VALUE = "sweep"
 TAINT_EFFECT = "NoSchedule"
-SERVICEACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 UNSCHEDULABLE_TAINT = "node.kubernetes.io/unschedulable"
 MAX_MESSAGE_LEN = 1000
 MAX_JOB_NAME_LEN = 63          # Job names end up in the job-name label of their pods
@@ -514,106 +517,52 @@ def sweep_result(state, outcome, command):
 # Kubernetes API
 # ============================================================================================
 
-class ApiError(Exception):
-    """A failed API request; ``status`` is the HTTP status (0: no answer)."""
-
-    def __init__(self, status, reason, message):
-        super().__init__("%s %s: %s" % (status, reason, message))
-        self.status = status
-        self.reason = reason
-        self.message = message
-
-
 class Api:
-    """JSON over HTTPS with the pod's service-account token (re-read for every request: bound
-    tokens rotate)."""
+    """The calls the sweeper makes, over the node programs' shared client (kube_api.py). Tests
+    replace it with a fake."""
 
-    def __init__(self, host, port, sa_dir, timeout=30):
-        self.host, self.port, self.timeout = host, int(port), timeout
-        self.token_file = os.path.join(sa_dir, "token")
-        self.context = ssl.create_default_context(cafile=os.path.join(sa_dir, "ca.crt"))
+    def __init__(self, client):
+        self.client = client
 
     @classmethod
     def in_cluster(cls):
-        host = os.environ.get("KUBERNETES_SERVICE_HOST")
-        if not host:
-            raise ApiError(0, "NoCluster", "KUBERNETES_SERVICE_HOST is not set: not running in a cluster")
-        return cls(host, os.environ.get("KUBERNETES_SERVICE_PORT", "443"),
-                   os.environ.get("KUBERNETES_SERVICEACCOUNT_DIR") or SERVICEACCOUNT_DIR)
+        return cls(KubeClient.in_cluster(SWEEPER_NAME))
 
-    def request(self, method, path, query=None, body=None, content_type="application/json"):
-        with open(self.token_file, encoding="ascii") as handle:
-            token = handle.read().strip()
-        headers = {"Authorization": "Bearer " + token, "Accept": "application/json", "User-Agent": SWEEPER_NAME}
-        payload = None
-        if body is not None:
-            payload = json.dumps(body).encode("utf-8")
-            headers["Content-Type"] = content_type
-        url = path + ("?" + urllib.parse.urlencode(query) if query else "")
-        connection = http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=self.timeout)
-        try:
-            connection.request(method, url, body=payload, headers=headers)
-            response = connection.getresponse()
-            data = response.read()
-        except (OSError, http.client.HTTPException) as e:
-            raise ApiError(0, "ConnectionError", "%s %s: %s" % (method, path, e)) from e
-        finally:
-            connection.close()
-        if response.status >= 400:
-            try:
-                status = json.loads(data.decode("utf-8"))
-                raise ApiError(response.status, status.get("reason") or "", status.get("message") or "")
-            except (ValueError, AttributeError):
-                raise ApiError(response.status, "", truncate(data.decode("utf-8", "replace"), 300)) from None
-        return json.loads(data.decode("utf-8")) if data else {}
-
-    def list_all(self, path, query):
-        """Every item of a list, page by page."""
-        items, query = [], dict(query, limit=500)
-        while True:
-            page = self.request("GET", path, query)
-            items.extend(page.get("items") or [])
-            token = (page.get("metadata") or {}).get("continue")
-            if not token:
-                return items
-            query["continue"] = token
-
-    # --- the calls the sweeper makes --------------------------------------------------------
     def list_nodes(self, selector):
-        return self.list_all("/api/v1/nodes", {"labelSelector": selector} if selector else {})
+        return self.client.list_all("/api/v1/nodes", {"labelSelector": selector} if selector else {})
 
     def get_node(self, name):
-        return self.request("GET", "/api/v1/nodes/" + urllib.parse.quote(name, safe=""))
+        return self.client.request("GET", "/api/v1/nodes/" + urllib.parse.quote(name, safe=""))
 
     def patch_node(self, name, patch):
-        return self.request("PATCH", "/api/v1/nodes/" + urllib.parse.quote(name, safe=""),
-                            {"fieldManager": SWEEPER_NAME}, patch, "application/merge-patch+json")
+        return self.client.request("PATCH", "/api/v1/nodes/" + urllib.parse.quote(name, safe=""),
+                                   {"fieldManager": SWEEPER_NAME}, patch, MERGE_PATCH)
 
     def list_active_pods(self, node=None):
         selector = "status.phase!=Succeeded,status.phase!=Failed"
         if node:
             selector += ",spec.nodeName=" + node
-        return self.list_all("/api/v1/pods", {"fieldSelector": selector})
+        return self.client.list_all("/api/v1/pods", {"fieldSelector": selector})
 
     def list_job_pods(self, namespace, job):
-        return self.list_all("/api/v1/namespaces/%s/pods" % namespace, {"labelSelector": "job-name=" + job})
+        return self.client.list_all("/api/v1/namespaces/%s/pods" % namespace, {"labelSelector": "job-name=" + job})
 
     def get_job(self, namespace, name):
         try:
-            return self.request("GET", "/apis/batch/v1/namespaces/%s/jobs/%s" % (namespace, name))
+            return self.client.request("GET", "/apis/batch/v1/namespaces/%s/jobs/%s" % (namespace, name))
         except ApiError as e:
             if e.status == 404:
                 return None
             raise
 
     def create_job(self, namespace, job):
-        return self.request("POST", "/apis/batch/v1/namespaces/%s/jobs" % namespace, {"fieldManager": SWEEPER_NAME},
-                            job)
+        return self.client.request("POST", "/apis/batch/v1/namespaces/%s/jobs" % namespace,
+                                   {"fieldManager": SWEEPER_NAME}, job)
 
     def delete_job(self, namespace, name):
         try:
-            self.request("DELETE", "/apis/batch/v1/namespaces/%s/jobs/%s" % (namespace, name), None,
-                         {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"})
+            self.client.request("DELETE", "/apis/batch/v1/namespaces/%s/jobs/%s" % (namespace, name), None,
+                                {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"})
         except ApiError as e:
             if e.status != 404:
                 raise

@@ -24,7 +24,8 @@ Sources (checked against public copies; see the per-entry notes for the rest):
 * open-gpu-kernel-modules: the ``*_XID_MESSAGE_FMT`` strings (ECC, NVLink, GSP, FSP events).
 * NVSentinel syslog-health-monitor: XID/SXid/fallen-off-bus patterns, bucket-to-action mapper,
   the XID 154 rule (text inside the last parentheses).
-* AWS GPU health-check suite, check 0 (nvidia-smi): severities and the XID 154 escalation.
+* AWS GPU health-check suite, check 0 (nvidia-smi): severities, the XID 154 escalation and the node
+  rules (A100, MIG, UVM in use).
 * DCGM health watches (4.x "devastating" and per-subsystem XID tables).
 * cuda.h: CUresult numbers and which of them poison the context.
 
@@ -103,6 +104,16 @@ _AWS_154 = (
 )
 # AWS check 0's severity for codes it has no rule for.
 AWS_UNKNOWN_SEVERITY = "MONITOR"
+# AWS check 0's rules that depend on the node, not on the line: {code: (facts, severity)}, applied
+# when every fact has the given value. The facts come from nvidia-smi on the node: a100 (a GPU's
+# name contains "A100"), mig (MIG mode is enabled on a GPU), uvm_in_use (a process holds
+# /dev/nvidia-uvm open). A fact that could not be read counts as false, as in the suite.
+AWS_NODE_FACTS = ("a100", "mig", "uvm_in_use")
+_AWS_NODE_RULES = MappingProxyType({
+    64: (MappingProxyType({"a100": True}), "REBOOT"),
+    95: (MappingProxyType({"a100": True, "mig": False}), "REBOOT"),
+    159: (MappingProxyType({"uvm_in_use": True}), "RESET"),
+})
 
 # Limits for caller-supplied text. A kmsg record holds about 1 KB; real XID details are far
 # shorter, and a short cap keeps a log line readable.
@@ -408,6 +419,12 @@ XID_CATALOG = MappingProxyType(dict([
          "COMPONENT_RESET", "RESET", "PASS", _UNKNOWN, True, verified=False),  # DCGM: not classified
     # 162-168: the catalog row has no resolution bucket, so NVSentinel falls back to
     # CONTACT_SUPPORT; AWS defaults (STRICT_PSHC off) are MONITOR, 168 REBOOT.
+    # 159: NVIDIA's bucket CHECK_UVM, which NVSentinel's mapper does not name (CONTACT_SUPPORT);
+    # AWS: RESET while UVM is in use, else MONITOR (the node rule above).
+    _xid(159, "ROBUST_CHANNEL_CHI_NON_DATA_ERROR", "CHI Non-Data Error",
+         PREAMBLE + "CHI Non-Data Error on C2C link {link}",
+         "CONTACT_SUPPORT", "MONITOR", "PASS", _OK, False,  # DCGM does not classify 159
+         {"link": 0}, verified=False),
     _xid(162, "PSHC_REENGAGED", "Power Smoothing HW Circuitry capability reengaged",
          PREAMBLE + "Power Smoothing HW Circuitry capability reengaged",
          "CONTACT_SUPPORT", "MONITOR", "PASS", _OK, False, verified=False),
@@ -750,14 +767,25 @@ def nvsentinel_action(code, text="", driver_version=None):
     return NVSENTINEL_UNKNOWN_ACTION
 
 
-def aws_severity(code, text=""):
+def aws_node_facts(code):
+    """The node facts (AWS_NODE_FACTS) that the AWS suite's severity of this code depends on."""
+    rule = _AWS_NODE_RULES.get(_as_code(code))
+    return tuple(sorted(rule[0])) if rule else ()
+
+
+def aws_severity(code, text="", facts=None):
     """The AWS health-check suite's severity for an XID line's code and text (default tunables).
 
     Catalog codes get their entry's severity, other codes MONITOR. XID 154 starts at MONITOR and
     escalates on its text: Node Reboot Required -> REBOOT; GPU Reset Required, Drain and Reset,
-    Drain P2P -> RESET (first match wins, case-insensitive, anywhere in the line).
+    Drain P2P -> RESET (first match wins, case-insensitive, anywhere in the line). ``facts``, a
+    mapping of AWS_NODE_FACTS to booleans (missing ones false), applies the suite's node rules: on
+    an A100, 64 -> REBOOT, and 95 -> REBOOT unless MIG is enabled; 159 -> RESET while UVM is in use.
     """
     number = _as_code(code)
+    rule = _AWS_NODE_RULES.get(number)
+    if rule and all(bool((facts or {}).get(fact)) == wanted for fact, wanted in rule[0].items()):
+        return rule[1]
     if number == 154:
         lowered = text.lower()
         for phrase, severity in _AWS_154:

@@ -59,6 +59,7 @@ if __name__ == "__main__":
 import pki  # noqa: E402  (sibling modules, found through the path above)
 import postgresql  # noqa: E402
 from podns import proc_start_time  # noqa: E402
+import gpu_standins  # noqa: E402
 
 HOST = "127.0.0.1"
 SERVICE_CIDR = "127.96.0.0/16"      # only numbers: nothing ever connects to a ClusterIP here
@@ -459,8 +460,10 @@ def machine_id(node_name):
 def write_node_hosts(layout, args):
     """Give each simulated node its identity in its host root (the runner's hostPath root):
     /etc/machine-id, and /proc/sys/kernel/random/boot_id, written once per cluster (the node's
-    boot); GPU nodes also get the driver's proc files of their GPUs."""
+    boot); GPU nodes also get the driver's proc files of their GPUs and healthy stand-ins for their
+    NVIDIA tools and EFA devices (gpu_standins.py)."""
     model = gpu_model(args.gpu_product)
+    profile = gpu_standins.instance_profile(args.instance_type)
     for node in desired_nodes(args):
         name = node["metadata"]["name"]
         host = os.path.join(layout.runner_state, "nodes", name, "host")
@@ -479,6 +482,8 @@ def write_node_hosts(layout, args):
             os.makedirs(os.path.join(gpus_dir, pci), exist_ok=True)
             with open(os.path.join(gpus_dir, pci, "information"), "w") as f:
                 f.write(gpu_information(model, gpu_uuid, pci, minor))
+        gpu_standins.write_node(os.path.join(layout.runner_state, "nodes", name, "host"),
+                                node_gpus(name, args.gpus_per_node), args.gpu_product, profile["efa"], profile["nvlink"])
 
 
 def desired_nodes(args):

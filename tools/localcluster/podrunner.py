@@ -106,6 +106,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import forwarder  # noqa: E402  (sibling modules, found through the path above)
 from podns import proc_start_time  # noqa: E402
+import gpu_standins  # noqa: E402  (the simulated nodes' NVIDIA runtime and tools)
 
 PODNS = os.path.join(HERE, "podns.py")
 RUN_LABEL = "local-runner.gpu-resilience.io/run"
@@ -1360,6 +1361,9 @@ class Runner:
             self._terminate(pod, "completed")   # sidecars have nothing left to serve
 
     # -- volumes
+    def _host_root(self, pod):
+        return host_path_target(self.state_dir, pod.obj["spec"]["nodeName"], "/")
+
     def _volume_path(self, pod, volume):
         if "hostPath" in volume:
             return host_path_target(self.state_dir, pod.obj["spec"]["nodeName"],
@@ -1428,6 +1432,8 @@ class Runner:
     def _start(self, pod, c):
         base = base_env(pod.obj["metadata"]["name"], self.path, self.args.api_port, self.state_dir)
         own = container_env(pod.obj, c.spec, base, self.lookup, self.allocatable(pod))
+        # The node's NVIDIA container runtime: its driver tools for the containers that ask for them.
+        base["PATH"] = gpu_standins.runtime_path(self._host_root(pod), own, base["PATH"])
         if pod.mode == "image":
             spec, shown = self._image_spec(pod, c, base, own)
         else:

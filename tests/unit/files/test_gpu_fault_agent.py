@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[3]
 AGENT_DIR = ROOT / "files" / "agent"
 MODULE_UTILS = ROOT / "plugins" / "module_utils"
-for _path in (str(MODULE_UTILS), str(AGENT_DIR)):
+for _path in (str(MODULE_UTILS), str(AGENT_DIR), str(ROOT / "files" / "common")):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
@@ -738,93 +738,35 @@ def test_dcgm_sxid_is_refused(api, controller, kmsg):
 # API client and command line
 # ============================================================================================
 
-class FakeResponse:
-    def __init__(self, status, body, lines=()):
-        self.status = status
-        self.body = body
-        self.lines = list(lines)
+class RecordingClient:
+    """Stands in for kube_api.KubeClient: records each call, answers from a queue."""
 
-    def read(self):
-        return self.body
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.calls = []
 
-    def readline(self):
-        return self.lines.pop(0) if self.lines else b""
+    def request(self, method, path, query=None, body=None, content_type="application/json"):
+        self.calls.append((method, path, query, body))
+        return self.answers.pop(0)
 
-
-class FakeConnection:
-    """Stands in for http.client.HTTPSConnection: records requests, answers from a queue."""
-    answers = []
-    requests = []
-
-    def __init__(self, host, port, context=None, timeout=None):
-        self.target = (host, port, timeout)
-
-    def request(self, method, url, body=None, headers=None):
-        FakeConnection.requests.append((self.target, method, url, body, dict(headers)))
-
-    def getresponse(self):
-        return FakeConnection.answers.pop(0)
-
-    def close(self):
-        pass
+    def watch(self, path, query, timeout_seconds):
+        self.calls.append(("WATCH", path, query, timeout_seconds))
+        return iter(self.answers.pop(0))
 
 
-@pytest.fixture
-def client(tmp_path, monkeypatch):
-    sa_dir = tmp_path / "sa"
-    sa_dir.mkdir()
-    (sa_dir / "token").write_text("token-1\n")
-    (sa_dir / "ca.crt").write_text("")
-    monkeypatch.setattr(agent.ssl, "create_default_context", lambda cafile=None: object())
-    monkeypatch.setattr(agent.http.client, "HTTPSConnection", FakeConnection)
-    FakeConnection.answers, FakeConnection.requests = [], []
-    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
-    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "6443")
-    monkeypatch.setenv("KUBERNETES_SERVICEACCOUNT_DIR", str(sa_dir))
-    return agent.KubeClient.in_cluster(), sa_dir
-
-
-def test_client_rereads_token_and_raises_status_errors(client):
-    kube, sa_dir = client
-    FakeConnection.answers = [FakeResponse(200, b'{"kind": "Lease"}'),
-                              FakeResponse(409, b'{"kind":"Status","reason":"Conflict","message":"modified"}')]
-    api = agent.ClusterApi(kube, "drills")
+def test_cluster_api_paths():
+    """The calls the agent makes, on the shared client (tested itself in test_kube_api.py)."""
+    client = RecordingClient([{"kind": "Lease"}, {}, {"items": [1], "metadata": {"resourceVersion": "7"}}, [{"type": "ADDED"}]])
+    api = agent.ClusterApi(client, "drills")
     assert api.get_lease("l1") == {"kind": "Lease"}
-    (sa_dir / "token").write_text("token-2")
-    with pytest.raises(agent.ApiError) as raised:
-        api.replace_fault_status({"metadata": {"name": "f1"}, "status": {}})
-    assert raised.value.status == 409 and raised.value.reason == "Conflict"
-    (first, second) = FakeConnection.requests
-    assert first[0][:2] == ("127.0.0.1", 6443)
-    assert first[4]["Authorization"] == "Bearer token-1" and second[4]["Authorization"] == "Bearer token-2"
-    assert first[1:3] == ("GET", "/apis/coordination.k8s.io/v1/namespaces/drills/leases/l1")
-    assert second[1:3] == ("PUT", "/apis/faultinjection.gpu-resilience.io/v1alpha1/namespaces/drills/gpufaults/f1/status")
-    assert json.loads(second[3]) == {"metadata": {"name": "f1"}, "status": {}}
-
-
-def test_client_watch_stream(client):
-    kube, _sa_dir = client
-    lines = [b'{"type":"ADDED","object":{"metadata":{"name":"a"}}}\n', b"\n",
-             b'{"type":"BOOKMARK","object":{"metadata":{"resourceVersion":"9"}}}\n']
-    FakeConnection.answers = [FakeResponse(200, b"", lines)]
-    api = agent.ClusterApi(kube, "drills")
-    events = list(api.watch_faults("faultinjection.gpu-resilience.io/node=n1", "5", 60))
-    assert [e["type"] for e in events] == ["ADDED", "BOOKMARK"]
-    (target, _method, url, _body, _headers) = FakeConnection.requests[0]
-    assert target[2] == 90
-    assert "watch=true" in url and "allowWatchBookmarks=true" in url and "resourceVersion=5" in url
-    assert "labelSelector=faultinjection.gpu-resilience.io%2Fnode%3Dn1" in url
-
-
-def test_client_connection_error(client, monkeypatch):
-    kube, _sa_dir = client
-
-    def refuse(self, *args, **kwargs):
-        raise ConnectionRefusedError(111, "Connection refused")
-    monkeypatch.setattr(FakeConnection, "request", refuse)
-    with pytest.raises(agent.ApiError) as raised:
-        kube.request("GET", "/api")
-    assert raised.value.status == 0 and "refused" in str(raised.value)
+    api.replace_fault_status({"metadata": {"name": "f1"}, "status": {}})
+    assert api.list_faults("faultinjection.gpu-resilience.io/node=n1") == ([1], "7")
+    assert list(api.watch_faults("faultinjection.gpu-resilience.io/node=n1", "7", 60)) == [{"type": "ADDED"}]
+    assert client.calls[0][:2] == ("GET", "/apis/coordination.k8s.io/v1/namespaces/drills/leases/l1")
+    assert client.calls[1][:2] == ("PUT", "/apis/faultinjection.gpu-resilience.io/v1alpha1/namespaces/drills/gpufaults/f1/status")
+    assert client.calls[2][2] == {"labelSelector": "faultinjection.gpu-resilience.io/node=n1"}
+    assert client.calls[3] == ("WATCH", "/apis/faultinjection.gpu-resilience.io/v1alpha1/namespaces/drills/gpufaults",
+                               {"labelSelector": "faultinjection.gpu-resilience.io/node=n1", "resourceVersion": "7"}, 60)
 
 
 def test_args_defaults_from_environment(monkeypatch):
@@ -855,7 +797,7 @@ def test_agent_file_is_standalone():
     source = (AGENT_DIR / "gpu_fault_agent.py").read_text()
     imports = {name.split(".", maxsplit=1)[0] for name in re.findall(r"^(?:import|from) ([\w.]+)", source, re.MULTILINE)}
     stdlib = getattr(sys, "stdlib_module_names", imports)
-    assert imports - set(stdlib) <= {"xid_catalog", "fault_api", "shim_control"}
+    assert imports - set(stdlib) <= {"xid_catalog", "fault_api", "shim_control", "kube_api"}
     for forbidden in ("bind(", "listen(", "shell=True", "os.system", "socketserver", "http.server"):
         assert forbidden not in source
 

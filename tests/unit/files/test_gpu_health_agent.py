@@ -20,8 +20,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
 MODULE_UTILS = ROOT / "plugins" / "module_utils"
-if str(MODULE_UTILS) not in sys.path:
-    sys.path.insert(0, str(MODULE_UTILS))
+for _path in (str(MODULE_UTILS), str(ROOT / "files" / "common")):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 _spec = importlib.util.spec_from_file_location("gpu_health_agent", ROOT / "files" / "healthcheck" / "gpu_health_agent.py")
 agent_mod = importlib.util.module_from_spec(_spec)
@@ -241,7 +242,7 @@ def test_config_defaults_and_merge():
     assert cfg["checks"]["efa"] is False and cfg["checks"]["gpu_count"] is True
     assert cfg["instance_profiles"]["p4de.24xlarge"] == {"gpus": 8, "efa": 4}
     assert cfg["instance_profiles"]["p5.48xlarge"] == {"gpus": 8}
-    assert cfg["instance_profiles"]["p4d.24xlarge"] == {"gpus": 8, "efa": 4}
+    assert cfg["instance_profiles"]["p4d.24xlarge"] == {"gpus": 8, "efa": 4, "nvlink": True}
     assert cfg["cordon"] is True and cfg["cordon_min_severity"] == "ISOLATE" and cfg["prefix"] == "health.example.com/"
     assert len(notes) == 3 and any("'extra'" in note for note in notes) and any("dcgm" in note for note in notes)
 
@@ -337,14 +338,57 @@ def test_ecc_and_retired_pages():
     assert agent_mod.eval_ecc(R("", 2, "Field \"ecc.errors\" is not a valid field to query."))["status"] == "skipped"
     assert agent_mod.eval_ecc(R("", 15, "Unknown Error"))["severity"] == "MONITOR"   # gpu_state judges that
     unsupported = R("", 2, 'Field "remapped_rows.pending" is not a valid field to query.')
-    retired = agent_mod.eval_retired_pages
-    assert retired(R("0, No\n1, No\n"), unsupported)["status"] == "pass"
-    assert retired(R("0, No\n1, Yes\n"), unsupported)["severity"] == "REBOOT"
-    assert retired(R("0, [N/A]\n"), R("0, Yes, No\n"))["severity"] == "RESET"
-    assert retired(R("0, [N/A]\n"), R("0, No, Yes\n"))["severity"] == "ISOLATE"
-    assert retired(R("0, [N/A]\n"), R("0, No, No\n"))["status"] == "pass"
-    assert retired(R("0, [N/A]\n"), R("0, [N/A], [N/A]\n"))["status"] == "skipped"
+
+    def retired(pages, rows, sbe_max=60):
+        return agent_mod.eval_retired_pages(pages, rows, sbe_max)
+    assert retired(R("0, No, 0, 0\n1, No, 60, 0\n"), unsupported)["status"] == "pass"
+    assert retired(R("0, No, 0, 0\n1, Yes, 0, 0\n"), unsupported)["severity"] == "REBOOT"
+    # The AWS suite's check 0: double-bit retired pages isolate, single-bit ones above 60 warn.
+    dbe = retired(R("0, No, 0, 0\n1, No, 2, 1\n"), unsupported)
+    assert dbe["severity"] == "ISOLATE" and "GPU 1: 1 page(s) retired for double-bit ECC errors" in dbe["detail"]
+    sbe = retired(R("0, No, 61, 0\n"), unsupported)
+    assert sbe["severity"] == "MONITOR" and "61 page(s) retired for single-bit ECC errors (threshold 60)" in sbe["detail"]
+    assert retired(R("0, No, 61, 0\n"), unsupported, sbe_max=61)["status"] == "pass"
+    assert retired(R("0, [N/A], [N/A], [N/A]\n"), R("0, Yes, No\n"))["severity"] == "RESET"
+    assert retired(R("0, [N/A], [N/A], [N/A]\n"), R("0, No, Yes\n"))["severity"] == "ISOLATE"
+    assert retired(R("0, [N/A], [N/A], [N/A]\n"), R("0, No, No\n"))["status"] == "pass"
+    assert retired(R("0, [N/A], [N/A], [N/A]\n"), R("0, [N/A], [N/A]\n"))["status"] == "skipped"
     assert retired(ABSENT, ABSENT) == agent_mod.skipped("nvidia-smi not found")
+
+
+TOPO_H100 = (
+    "\tGPU0\tGPU1\tGPU2\tNIC0\tCPU Affinity\tNUMA Affinity\tGPU NUMA ID\n"
+    "GPU0\t X \tNV18\tNV18\tSYS\t0-47\t0\t\tN/A\n"
+    "GPU1\tNV18\t X \tNV18\tSYS\t0-47\t0\t\tN/A\n"
+    "GPU2\tNV18\tNV18\t X \tSYS\t48-95\t1\t\tN/A\n"
+    "NIC0\tSYS\tSYS\tSYS\t X \n\nLegend:\n\n  X    = Self\n  NV#  = Connection traversing a bonded set of # NVLinks\n")
+
+
+def test_persistence_topology_and_fabric():
+    persistence = agent_mod.eval_persistence
+    assert persistence(R("0, Enabled\n1, Enabled\n"))["status"] == "pass"
+    off = persistence(R("0, Enabled\n1, Disabled\n"))
+    assert off["severity"] == "MONITOR" and off["disabled"] == 1 and "GPU 1" in off["detail"]
+    assert persistence(R("0, [N/A]\n"))["status"] == "skipped"
+    assert persistence(ABSENT)["status"] == "skipped"
+    topology = agent_mod.eval_topology
+    ok = topology(R(TOPO_H100), 3, True)
+    assert ok["status"] == "pass" and ok["gpus"] == 3 and ok["nvlink_paths"] == 6
+    assert topology(R(TOPO_H100), 4, True)["severity"] == "REBOOT"          # a GPU missing, as gpu_count
+    unlinked = topology(R(TOPO_H100.replace("GPU1\tNV18\t X \tNV18", "GPU1\tNV18\t X \tX")), 3, True)
+    assert unlinked["severity"] == "ISOLATE" and "GPU1-GPU2" in unlinked["detail"]
+    pcie = TOPO_H100.replace("NV18", "SYS")
+    assert topology(R(pcie), 3, True)["severity"] == "ISOLATE"             # NVLink expected, none
+    assert topology(R(pcie), 3, False)["status"] == "pass"                 # L40S: PCIe only
+    assert topology(R(""), 3, True)["status"] == "skipped"
+    assert topology(R("", 9, "NVML failure"), 3, True)["severity"] == "MONITOR"
+    fabric = agent_mod.eval_fabric
+    assert fabric(R("0, Completed, Success\n1, Completed, Success\n"), True)["status"] == "pass"
+    waiting = fabric(R("0, Completed, Success\n1, In Progress, N/A\n"), True)
+    assert waiting["severity"] == "RESET" and "GPU 1: In Progress/N/A" in waiting["detail"]
+    assert fabric(R("0, Not Supported, Not Supported\n"), True)["status"] == "skipped"
+    assert fabric(R("", 2, 'Field "fabric.state" is not a valid field to query.'), True)["status"] == "skipped"
+    assert fabric(None, False) == agent_mod.skipped("the instance profile expects no NVLink fabric")
 
 
 def test_efa_and_nvlink():
@@ -375,13 +419,17 @@ class FakeRunner:
         return R(found=False, returncode=None, error="%s not found" % argv[0])
 
 
+def probe_at(root, runner):
+    return agent_mod.Probe(str(root / "sys"), str(root / "proc" / "driver" / "nvidia"), runner)
+
+
 def test_run_checks_without_tools_skips_with_reasons(tmp_path):
     runner = FakeRunner()
-    results = agent_mod.run_checks(config(checks={"nvlink": False}), "p5.48xlarge", agent_mod.Probe(str(tmp_path), runner))
+    results = agent_mod.run_checks(config(checks={"nvlink": False}), "p5.48xlarge", probe_at(tmp_path, runner))
     assert set(results) == set(agent_mod.CHECKS)
     assert all(entry["status"] == "skipped" for entry in results.values())
     assert results["gpu_count"]["detail"] == "nvidia-smi not found and no /proc/driver/nvidia/gpus"
-    assert results["efa"]["detail"] == "/sys/class/infiniband missing and fi_info not found"
+    assert results["efa"]["detail"] == "%s missing and fi_info not found" % (tmp_path / "sys" / "class" / "infiniband")
     assert results["nvlink"]["detail"] == "disabled in the configuration"
     assert results["ecc"]["detail"] == results["retired_pages"]["detail"] == "nvidia-smi not found"
     assert not any("dcgmi" in call[0] for call in runner.calls)   # no diagnostics, ever
@@ -402,7 +450,7 @@ def test_run_checks_with_tools_and_host_tree(tmp_path):
     runner = FakeRunner({("nvidia-smi", "-L"): R(SMI_L),
                          ("nvidia-smi", "--query-gpu=index,ecc.errors.uncorrected.volatile.total"): R("0, 0\n1, 2\n"),
                          ("nvidia-smi", "nvlink"): R("")})
-    probe = agent_mod.Probe(str(tmp_path), runner)
+    probe = probe_at(tmp_path, runner)
     assert probe.proc_gpu_count() == 8 and probe.efa_devices() == (32, str(ib))
     results = agent_mod.run_checks(config(), "p5.48xlarge", probe)
     assert results["gpu_count"]["status"] == "pass" and results["efa"]["status"] == "pass"
@@ -414,7 +462,7 @@ def test_run_checks_with_tools_and_host_tree(tmp_path):
 
 def test_efa_from_fi_info(tmp_path):
     fi_info = "provider: efa\n    fabric: efa\n    domain: rdmap16s27-rdm\nprovider: efa\n    domain: rdmap32s27-rdm\n"
-    probe = agent_mod.Probe(str(tmp_path), FakeRunner({("fi_info",): R(fi_info)}))
+    probe = probe_at(tmp_path, FakeRunner({("fi_info",): R(fi_info)}))
     assert probe.efa_devices() == (2, "fi_info -p efa")
 
 
@@ -536,9 +584,11 @@ def test_monitor_never_taints():
     marks = plan(node, snapshot(xid_observation(13)))
     labels = marks.patch["metadata"]["labels"]
     assert labels[PREFIX + "status"] == "warn" and labels[PREFIX + "severity"] == "MONITOR"
-    assert LABEL_VALUE_RE.fullmatch(labels[PREFIX + "last-check"]) and labels[PREFIX + "last-check"] == "20261122T184800Z"
+    # The AWS suite's label format: ISO 8601 without the colons a label value cannot hold.
+    assert LABEL_VALUE_RE.fullmatch(labels[PREFIX + "last-check"]) and labels[PREFIX + "last-check"] == "2026-11-22T184800Z"
     assert "spec" not in marks.patch and "resourceVersion" not in marks.patch["metadata"]
-    assert json.loads(marks.patch["metadata"]["annotations"][PREFIX + "agent-marks"]) == {"taint": False, "cordon": False}
+    assert json.loads(marks.patch["metadata"]["annotations"][PREFIX + "agent-marks"]) == \
+        {"taint": False, "cordon": False, "labels": True}
     results = json.loads(marks.patch["metadata"]["annotations"][PREFIX + "results"])
     assert results["severity"] == "MONITOR" and results["findings"][0]["xid"] == 13 and results["agent"] == {"pod": "agent-x"}
     assert results["findings"][0]["pci"] == "0000:75:00" and results["findings"][0]["time"].startswith("2026-11-22T18:48:00")
@@ -628,7 +678,9 @@ def test_sticky_plan_after_pass_cycle_and_cleared():
     marks = agent_mod.plan_marks(make_node(), findings.snapshot(), findings.latest_checks(), config(), NOW)
     assert marks.severity == "REBOOT" and marks.taint is True
     results = json.loads(marks.patch["metadata"]["annotations"][PREFIX + "results"])
-    assert results["checks"]["gpu_count"]["status"] == "pass" and results["findings"][0]["xid"] == 79
+    assert results["check_results"]["gpu_count"]["status"] == "pass" and results["findings"][0]["xid"] == 79
+    # Sticky in the suite's view too: check 0 fails with the XID although its checks passed since.
+    assert results["checks"][0] == {"check": "0-nvidia-smi", "status": "FAIL", "severity": "REBOOT"}
     findings.clear_before(NOW - datetime.timedelta(minutes=1))
     tainted = merge(make_node(), marks.patch)
     cleared = agent_mod.plan_marks(tainted, findings.snapshot(), findings.latest_checks(), config(), NOW,
@@ -645,7 +697,8 @@ def test_prefix_change_moves_own_marks():
     marks = plan(node, snapshot(xid_observation(79)), config(prefix=new_prefix, cordon=True), old_prefix=old)
     assert marks.patch["spec"]["taints"] == [MAINTENANCE, {"key": new_prefix + "unhealthy", "value": "true", "effect": "NoSchedule"}]
     assert marks.patch["metadata"]["annotations"][old + "agent-marks"] is None
-    assert json.loads(marks.patch["metadata"]["annotations"][new_prefix + "agent-marks"]) == {"taint": True, "cordon": True}
+    assert json.loads(marks.patch["metadata"]["annotations"][new_prefix + "agent-marks"]) == \
+        {"taint": True, "cordon": True, "labels": True}
     assert new_prefix + "status" in marks.patch["metadata"]["labels"]
 
 
@@ -657,7 +710,70 @@ def test_time_helpers():
     for bad in ("2026-11-22", "yesterday", None, "2026-11-22T18:48:00"):
         with pytest.raises(ValueError):
             parse(bad)
-    assert agent_mod.label_time(NOW) == "20261122T184800Z"
+    assert agent_mod.label_time(NOW) == "2026-11-22T184800Z" and agent_mod.suite_time(NOW) == "2026-11-22T18:48:00Z"
+
+
+def test_results_annotation_has_the_aws_suites_shape_and_ours_beside_it():
+    """What the suite's readers read (checks[].check, status, severity, timestamp, hostname,
+    instance_type), with the suite's check names and vocabulary; the agent's own keys beside."""
+    findings = agent_mod.Findings()
+    findings.add_checks({"gpu_count": agent_mod.result("PASS", "8 GPUs"), "efa": agent_mod.result("REBOOT", "31 of 32"),
+                         "nvlink": agent_mod.skipped("no links"), "topology": agent_mod.skipped("none"),
+                         "fabric_manager": agent_mod.skipped("no fabric"),
+                         "persistence_mode": agent_mod.result("MONITOR", "disabled on GPU 3")}, NOW)
+    findings.add([xid_observation(13)], NOW)
+    marks = agent_mod.plan_marks(make_node(), findings.snapshot(), findings.latest_checks(), config(), NOW,
+                                 {"pod": "agent-x"}, position={"source": "file", "boot_id": "b1", "offset": 42})
+    results = json.loads(marks.patch["metadata"]["annotations"][PREFIX + "results"])
+    suite = dict((key, results[key]) for key in ("timestamp", "hostname", "instance_type", "status", "severity", "checks"))
+    assert suite == {"timestamp": "2026-11-22T18:48:00Z", "hostname": "gpu-node-2", "instance_type": "p5.48xlarge",
+                     "status": "fail", "severity": "REBOOT",
+                     "checks": [{"check": "0-nvidia-smi", "status": "WARN", "severity": "MONITOR"},
+                                {"check": "2-efa-enumeration", "status": "FAIL", "severity": "REBOOT"},
+                                {"check": "3-topology-check", "status": "SKIP", "severity": ""}]}
+    assert results["check_results"]["efa"]["detail"] == "31 of 32" and results["node"] == "gpu-node-2"
+    assert results["log_position"] == {"source": "file", "boot_id": "b1", "offset": 42}
+    assert results["time"] == "2026-11-22T18:48:00.000000Z" and results["agent"] == {"pod": "agent-x"}
+    healthy = agent_mod.plan_marks(make_node(labels={"node.kubernetes.io/instance-type": None}), [],
+                                   {"gpu_count": agent_mod.result("PASS", "8 GPUs")}, config(), NOW)
+    doc = json.loads(healthy.patch["metadata"]["annotations"][PREFIX + "results"])
+    assert doc["checks"] == [{"check": "0-nvidia-smi", "status": "PASS", "severity": ""}]
+    assert doc["status"] == "pass" and doc["severity"] == "PASS" and doc["instance_type"] == "unknown"
+
+
+def test_job_findings_belong_to_the_suites_checks():
+    sweep = {"kind": "sweep", "job": "gpu-sweep-x", "check": "1-dcgm-diag-l2", "severity": "RESET", "detail": "failed"}
+    quarantine = {"kind": "quarantine", "job": "gpu-quarantine-x", "check": "6-efa-loopback", "severity": "RESET",
+                  "detail": "FAIL"}
+    checks = agent_mod.suite_checks(snapshot(sweep, quarantine), {})
+    assert checks == [{"check": "1-dcgm-diag-l2", "status": "FAIL", "severity": "RESET"},
+                      {"check": "6-efa-loopback", "status": "FAIL", "severity": "RESET"}]
+
+
+def test_taint_and_label_switches():
+    """The AWS suite's ENABLE_TAINT and ENABLE_LABEL: off, the agent sets no taint and no labels,
+    and takes off only those it set itself."""
+    reboot = snapshot(xid_observation(79))
+    no_taint = plan(make_node(), reboot, config(taint=False))
+    assert "spec" not in no_taint.patch and no_taint.taint is False
+    assert no_taint.patch["metadata"]["labels"][PREFIX + "severity"] == "REBOOT"
+    ours = {"key": TAINT_KEY, "value": "true", "effect": "NoSchedule"}
+    tainted = make_node(taints=[ours], annotations={PREFIX + "agent-marks": json.dumps({"taint": True, "cordon": False})})
+    assert plan(tainted, reboot, config(taint=False)).patch["spec"] == {"taints": None}
+    labelled = merge(make_node(labels={"team": "ml"}), plan(make_node(labels={"team": "ml"}), reboot).patch)
+    no_labels = plan(labelled, reboot, config(labels=False))
+    assert no_labels.patch["metadata"]["labels"] == {PREFIX + "status": None, PREFIX + "severity": None,
+                                                     PREFIX + "last-check": None}
+    after = merge(labelled, no_labels.patch)
+    assert after["metadata"]["labels"] == {"team": "ml", "node.kubernetes.io/instance-type": "p5.48xlarge"}
+    assert json.loads(after["metadata"]["annotations"][PREFIX + "agent-marks"])["labels"] is False
+    assert json.loads(after["metadata"]["annotations"][PREFIX + "results"])["severity"] == "REBOOT"
+    # Labels someone else wrote (the agent recorded none) stay.
+    theirs = make_node(labels={PREFIX + "status": "pass"},
+                       annotations={PREFIX + "agent-marks": json.dumps({"taint": False, "cordon": False, "labels": False})})
+    assert plan(theirs, reboot, config(labels=False)).patch["metadata"]["labels"] == {}
+    with pytest.raises(agent_mod.ConfigError, match="taint must be true or false"):
+        agent_mod.validate_config({"taint": "false"})
 
 
 # ============================================================================================
@@ -712,7 +828,8 @@ class StaticConfig:
 
 
 def make_agent(api, settings=None, probe=None):
-    return agent_mod.HealthAgent(api, "gpu-node-2", settings or StaticConfig(), probe or agent_mod.Probe("/nonexistent", FakeRunner()),
+    return agent_mod.HealthAgent(api, "gpu-node-2", settings or StaticConfig(),
+                                 probe or agent_mod.Probe("/nonexistent/sys", "/nonexistent/nvidia", FakeRunner()),
                                  agent={"pod": "agent-x", "namespace": "ns"})
 
 
@@ -849,14 +966,14 @@ def test_restart_takes_findings_back():
 def test_check_cycle_marks_and_logs(capsys):
     runner = FakeRunner({("nvidia-smi", "-L"): R("\n".join(SMI_L.splitlines()[:7]))})
     api = FakeNodeApi(make_node())
-    agent = make_agent(api, probe=agent_mod.Probe("/nonexistent", runner))
+    agent = make_agent(api, probe=agent_mod.Probe("/nonexistent/sys", "/nonexistent/nvidia", runner))
     agent.set_node(api.get())
     results = agent.run_checks_once()
     assert results["gpu_count"]["severity"] == "REBOOT"
     agent.mark_once()
     assert api.taints() == [TAINT_KEY]
     marked = json.loads(api.node["metadata"]["annotations"][PREFIX + "results"])
-    assert marked["checks"]["gpu_count"]["status"] == "fail" and marked["findings"][0]["check"] == "gpu_count"
+    assert marked["check_results"]["gpu_count"]["status"] == "fail" and marked["findings"][0]["check"] == "gpu_count"
     events = [json.loads(line)["event"] for line in capsys.readouterr().out.splitlines()]
     assert "checks_completed" in events and "finding" in events
 
@@ -998,6 +1115,61 @@ def test_kmsg_source_seeks_to_end(tmp_path):
         source.close()
 
 
+def test_file_source_boot_scan_and_resume(tmp_path):
+    """The records logged before the start (the current boot's), at most the last `scan`; from a
+    position of the same boot, only what came after it; a position of another boot counts for nothing."""
+    path = tmp_path / "kmsg"
+    path.write_bytes(b"".join(file_payload(xid_records(code)[0]) for code in (13, 48, 79)))
+    source = agent_mod.FileSource(str(path), poll=0.005, boot_id="boot-1")
+    codes = [agent_mod.record_observations(r)[0]["xid"] for r in source.open(None, 4000)]
+    assert codes == [13, 48, 79] and source.position() == {"source": "file", "boot_id": "boot-1", "offset": path.stat().st_size}
+    position = source.position()
+    source.close()
+    with open(path, "ab") as handle:
+        handle.write(file_payload(xid_records(54)[0]))
+    again = agent_mod.FileSource(str(path), poll=0.005, boot_id="boot-1")
+    assert [agent_mod.record_observations(r)[0]["xid"] for r in again.open(position, 4000)] == [54]
+    again.close()
+    other_boot = agent_mod.FileSource(str(path), poll=0.005, boot_id="boot-2")
+    assert [agent_mod.record_observations(r)[0]["xid"] for r in other_boot.open(position, 2)] == [79, 54]
+    other_boot.close()
+    no_scan = agent_mod.FileSource(str(path), poll=0.005, boot_id="boot-1")
+    assert no_scan.open(None, 0) == [] and no_scan.position()["offset"] == path.stat().st_size
+    no_scan.close()
+
+
+def test_kmsg_source_boot_scan_and_resume(tmp_path):
+    path = tmp_path / "kmsg"
+    path.write_bytes(b"".join(kmsg_read(xid_records(code)[0], seq) for seq, code in ((1, 13), (2, 48), (3, 79))))
+    source = agent_mod.KmsgSource(str(path), boot_id="boot-1")
+    records = source.open(None, 2)
+    assert [r.meta["seq"] for r in records] == [2, 3] and source.position() == {"source": "kmsg", "boot_id": "boot-1", "seq": 3}
+    # 123456789 us after boot: long before now, as an old record is.
+    assert records[0].meta["time"] < agent_mod.now_utc() - datetime.timedelta(seconds=100)
+    source.close()
+    with open(path, "ab") as handle:
+        handle.write(kmsg_read(xid_records(54)[0], 4))
+    again = agent_mod.KmsgSource(str(path), boot_id="boot-1")
+    assert [r.meta["seq"] for r in again.open({"source": "kmsg", "boot_id": "boot-1", "seq": 3}, 4000)] == [4]
+    again.close()
+    other = agent_mod.KmsgSource(str(path), boot_id="boot-2")
+    assert [r.meta["seq"] for r in other.open({"source": "kmsg", "boot_id": "boot-1", "seq": 3}, 4000)] == [1, 2, 3, 4]
+    other.close()
+
+
+def test_journal_source_scans_the_boot_or_goes_on_after_the_cursor():
+    def argv(position, scan):
+        source = agent_mod.JournalSource("/", boot_id="boot-1")
+        if scan > 0 and agent_mod.same_boot(position, "journal", "boot-1"):
+            source.cursor = position["cursor"]
+        source.scan = scan
+        return source.argv("journalctl")[6:]
+    assert argv(None, 4000) == ["--lines=4000"]
+    assert argv({"source": "journal", "boot_id": "boot-1", "cursor": "s=1"}, 4000) == ["--after-cursor=s=1", "--no-tail"]
+    assert argv({"source": "journal", "boot_id": "boot-0", "cursor": "s=1"}, 4000) == ["--lines=4000"]
+    assert argv(None, 0) == ["--since", "now"]
+
+
 def test_journal_source_with_a_stand_in_journalctl(tmp_path, monkeypatch):
     script = tmp_path / "journalctl"
     argv_file = tmp_path / "argv.json"
@@ -1025,9 +1197,10 @@ def test_journal_source_with_a_stand_in_journalctl(tmp_path, monkeypatch):
 def test_watcher_thread_finds_an_appended_record_fast(tmp_path):
     """Record appended to the followed file -> finding in the agent, well under 0.5 s."""
     path = tmp_path / "kmsg"
-    path.write_bytes(file_payload(xid_records(79, "0000:53:00.0")[0]))    # before the start: ignored
+    path.write_bytes(file_payload(xid_records(79, "0000:53:00.0")[0]))    # before the start: no boot scan here
     api = FakeNodeApi(make_node())
-    agent = make_agent(api)
+    agent = make_agent(api, StaticConfig(config(boot_scan_lines=0)))
+    agent.started.set()
     thread = threading.Thread(target=agent.follow_kernel_log, args=(agent_mod.FileSource(str(path)),), daemon=True)
     thread.start()
     try:
@@ -1055,6 +1228,7 @@ def test_record_to_node_marked_latency(tmp_path):
     api = FakeNodeApi(make_node())
     agent = make_agent(api)
     agent.set_node(api.get())
+    agent.started.set()
     threads = [threading.Thread(target=agent.follow_kernel_log, args=(agent_mod.FileSource(str(path)),), daemon=True),
                threading.Thread(target=agent.marker_loop, daemon=True)]
     for thread in threads:
@@ -1074,58 +1248,171 @@ def test_record_to_node_marked_latency(tmp_path):
     assert api.label("severity") == "REBOOT"
 
 
+def run_source_until(agent, source, done, timeout=5.0):
+    """Follow `source` in the agent's kernel-log thread until done() (or fail after timeout)."""
+    thread = threading.Thread(target=agent.follow_kernel_log, args=(source,), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while not done():
+            assert time.monotonic() < deadline, "not done within %s s" % timeout
+            time.sleep(0.005)
+    finally:
+        agent.stop.set()
+        thread.join(5)
+
+
+def xid_counts(agent):
+    return dict((f["xid"], f["count"]) for f in agent.findings.snapshot() if f["kind"] == "xid")
+
+
+def test_boot_scan_finds_an_xid_logged_before_the_start_and_a_restart_does_not_count_it_again(tmp_path):
+    path = tmp_path / "kmsg"
+    path.write_bytes(b"".join(file_payload(r) for r in xid_records(79)))      # the node booted with a bad GPU
+    api = FakeNodeApi(make_node())
+    first = make_agent(api)
+    first.start()
+    run_source_until(first, agent_mod.FileSource(str(path), boot_id="boot-1"), lambda: 79 in xid_counts(first))
+    first.mark_once()
+    assert api.label("severity") == "REBOOT" and TAINT_KEY in api.taints()
+    results = json.loads(api.node["metadata"]["annotations"][PREFIX + "results"])
+    assert results["log_position"] == {"source": "file", "boot_id": "boot-1", "offset": path.stat().st_size}
+    # The agent restarts; meanwhile the driver logs another XID.
+    with open(path, "ab") as handle:
+        handle.write(file_payload(xid_records(48, "0000:86:00.0")[0]))
+    second = make_agent(api)
+    second.start()
+    assert xid_counts(second) == {79: 1}                                     # taken back from the node
+    run_source_until(second, agent_mod.FileSource(str(path), boot_id="boot-1"), lambda: 48 in xid_counts(second))
+    assert xid_counts(second) == {79: 1, 48: 1}                              # 79 not counted twice
+    second.mark_once()
+    findings = json.loads(api.node["metadata"]["annotations"][PREFIX + "results"])["findings"]
+    assert sorted((f["xid"], f["count"]) for f in findings) == [(48, 1), (79, 1)]
+
+
+def test_boot_scan_skips_what_a_return_to_service_cleared(tmp_path):
+    """A node returned to service without a reboot keeps its old XIDs in the kernel log: an agent
+    that starts without a log position (a first install) does not count those logged before the clear."""
+    path = tmp_path / "kmsg"
+    path.write_bytes(kmsg_read(xid_records(79)[0], 1))                      # 123 s after boot: long ago
+    api = FakeNodeApi(make_node(annotations={PREFIX + "clear-findings-before": agent_mod.rfc3339(agent_mod.now_utc())}))
+    agent = make_agent(api, StaticConfig(config()))
+    agent.clock = agent_mod.now_utc
+    agent.start()
+    source = agent_mod.KmsgSource(str(path), boot_id="boot-1")
+    run_source_until(agent, source, lambda: agent.current_position() is not None)
+    assert xid_counts(agent) == {} and agent.current_position()["seq"] == 1
+
+
+def test_boot_scan_lines_caps_the_scan(tmp_path):
+    path = tmp_path / "kmsg"
+    path.write_bytes(b"".join(file_payload(xid_records(code)[0]) for code in (13, 48, 79)))
+    agent = make_agent(FakeNodeApi(make_node()), StaticConfig(config(boot_scan_lines=1)))
+    agent.start()
+    run_source_until(agent, agent_mod.FileSource(str(path)), lambda: agent.current_position() is not None)
+    assert xid_counts(agent) == {79: 1}
+
+
+def sweep_result(result="fail", job="gpu-sweep-gpu-node-2-abc", finished="2026-11-22T18:40:00Z"):
+    return {PREFIX + "sweep-result": json.dumps({"result": result, "reason": "BackoffLimitExceeded", "job": job,
+                                                 "finished": finished, "message": "dcgmi diag -r 2: FAIL"})}
+
+
+def test_a_failed_sweep_marks_the_node_once_until_cleared():
+    """The AWS suite labels a node whose sweep failed status=fail and taints it: here the failed
+    sweep is a finding (sweep_failure_severity), counted once however often the node is seen."""
+    api = FakeNodeApi(make_node(annotations=sweep_result()))
+    agent = make_agent(api)
+    agent.start()
+    agent.on_node(api.get())
+    agent.mark_once()
+    (finding,) = agent.findings.snapshot()
+    assert (finding["kind"], finding["check"], finding["severity"], finding["count"]) == ("sweep", "1-dcgm-diag-l2", "RESET", 1)
+    assert finding["time"].startswith("2026-11-22T18:40:00") and "BackoffLimitExceeded" in finding["detail"]
+    assert api.label("status") == "fail" and TAINT_KEY in api.taints()
+    checks = json.loads(api.node["metadata"]["annotations"][PREFIX + "results"])["checks"]
+    assert {"check": "1-dcgm-diag-l2", "status": "FAIL", "severity": "RESET"} in checks
+    # A passed sweep, or a failed one before the clear, is no finding.
+    assert agent_mod.job_observations(make_node(annotations=sweep_result("pass")), config()) == []
+    api.node["metadata"]["annotations"][PREFIX + "clear-findings-before"] = "2026-11-22T18:45:00Z"
+    agent.on_node(api.get())
+    assert agent.findings.snapshot() == []
+    agent.on_node(api.get())
+    assert agent.findings.snapshot() == []
+    cfg = config(sweep_failure_severity="ISOLATE")
+    assert agent_mod.job_observations(make_node(annotations=sweep_result()), cfg)[0]["severity"] == "ISOLATE"
+
+
+def test_a_quarantine_results_failed_parts_are_findings():
+    result = {"job": "gpu-quarantine-gpu-node-2-1", "finished": "2026-11-22T18:40:00Z", "severity": "ISOLATE",
+              "recommendation": "replace", "checks": [{"check": "4-dcgm-diag-l4", "status": "FAIL", "severity": "ISOLATE"},
+                                                      {"check": "6-efa-loopback", "status": "PASS", "severity": ""}]}
+    node = make_node(annotations={PREFIX + "quarantine-result": json.dumps(result)})
+    (finding,) = agent_mod.job_observations(node, config())
+    assert (finding["kind"], finding["check"], finding["severity"]) == ("quarantine", "4-dcgm-diag-l4", "ISOLATE")
+    assert agent_mod.job_observations(make_node(annotations={PREFIX + "quarantine-result": "not json"}), config()) == []
+
+
+def facts_runner(gpu_name="NVIDIA A100-SXM4-80GB", mig="Disabled", apps=""):
+    return FakeRunner({("nvidia-smi", "--query-gpu=index,name"): R("0, %s\n1, %s\n" % (gpu_name, gpu_name)),
+                       ("nvidia-smi", "--query-gpu=index,mig.mode.current"): R("0, %s\n1, %s\n" % (mig, mig)),
+                       ("nvidia-smi", "--query-compute-apps=pid,gpu_bus_id"): R(apps)})
+
+
+@pytest.mark.parametrize("code,runner,severity", [
+    (95, facts_runner(), "REBOOT"),                                  # A100, MIG off
+    (95, facts_runner(mig="Enabled"), "RESET"),
+    (64, facts_runner(mig="Enabled"), "REBOOT"),                     # A100, MIG or not
+    (64, facts_runner("NVIDIA H100 80GB HBM3"), "RESET"),
+    (159, facts_runner(apps="4242, 00000000:75:00.0\n"), "RESET"),  # a CUDA process holds /dev/nvidia-uvm
+    (159, facts_runner(apps=""), "MONITOR"),
+    (159, FakeRunner(), "MONITOR"),                                  # no nvidia-smi: facts false, as the suite
+])
+def test_node_facts_decide_the_aws_rules(code, runner, severity):
+    agent = make_agent(FakeNodeApi(make_node()), probe=agent_mod.Probe("/none/sys", "/none/nvidia", runner))
+    (finding,) = agent.on_records(file_records(code))
+    assert finding["severity"] == severity
+    restored = agent_mod.Findings()
+    restored.restore(json.loads(json.dumps(agent.findings.snapshot())))
+    assert restored.severity() == severity                            # the facts travel with the finding
+
+
+def test_node_facts_are_read_once_per_batch():
+    runner = facts_runner(apps="4242, 00000000:75:00.0\n")
+    agent = make_agent(FakeNodeApi(make_node()), probe=agent_mod.Probe("/none/sys", "/none/nvidia", runner))
+    records = agent_mod.split_file_records(b"".join(file_payload(r) for pci in ("0000:53:00.0", "0000:64:00.0")
+                                                    for r in xid_records(159, pci)))[0]
+    assert [f["severity"] for f in agent.on_records(records, scanned=True)] == ["RESET", "RESET"]
+    assert sum(1 for call in runner.calls if call[1].startswith("--query-compute-apps")) == 1
+
+
 # ============================================================================================
 # API client and command line
 # ============================================================================================
 
-class FakeResponse:
-    def __init__(self, status, body, will_close=False):
-        self.status = status
-        self.body = json.dumps(body).encode()
-        self.will_close = will_close
+def test_node_api_calls_on_the_shared_client():
+    """Only its own node: read, merge patch as field manager gpu-health-agent, watch by name (the
+    client itself is tested in test_kube_api.py)."""
+    calls = []
 
-    def read(self):
-        return self.body
+    class Client:
+        def request(self, method, path, query=None, body=None, content_type="application/json"):
+            calls.append((method, path, query, body, content_type))
+            return {}
 
+        def watch(self, path, query, timeout_seconds):
+            calls.append(("WATCH", path, query, timeout_seconds))
+            return iter(())
 
-class FakeConnection:
-    def __init__(self, responses):
-        self.responses = responses
-        self.requests = []
-        self.closed = False
-
-    def request(self, method, url, body=None, headers=None):
-        self.requests.append((method, url, body, headers))
-        if isinstance(self.responses[0], Exception):
-            raise self.responses.pop(0)
-
-    def getresponse(self):
-        return self.responses.pop(0)
-
-    def close(self):
-        self.closed = True
-
-
-def test_client_keeps_alive_retries_once_and_maps_errors(tmp_path, monkeypatch):
-    (tmp_path / "token").write_text("secret\n")
-    monkeypatch.setattr(agent_mod.ssl, "create_default_context", lambda cafile=None: None)
-    client = agent_mod.KubeClient("127.0.0.1", 6443, str(tmp_path))
-    stale = FakeConnection([ConnectionResetError("closed by peer")])
-    fresh = FakeConnection([FakeResponse(200, {"metadata": {"name": "gpu-node-2"}}),
-                            FakeResponse(409, {"reason": "Conflict", "message": "modified"})])
-    connections = [stale, fresh]
-    monkeypatch.setattr(client, "_connect", lambda timeout: connections.pop(0))
-    client.connection = None
-    api = agent_mod.NodeApi(client, "gpu-node-2")
-    assert api.get()["metadata"]["name"] == "gpu-node-2"
-    assert stale.closed and not fresh.closed
-    with pytest.raises(agent_mod.ApiError) as raised:
-        api.patch({"metadata": {"labels": {"a": "b"}}})
-    assert raised.value.status == 409
-    method, url, body, headers = fresh.requests[-1]
-    assert method == "PATCH" and url == "/api/v1/nodes/gpu-node-2?fieldManager=gpu-health-agent"
-    assert headers["Content-Type"] == "application/merge-patch+json" and headers["Authorization"] == "Bearer secret"
-    assert json.loads(body) == {"metadata": {"labels": {"a": "b"}}}
+    api = agent_mod.NodeApi(Client(), "gpu-node-2")
+    api.get()
+    api.patch({"metadata": {"labels": {"a": "b"}}})
+    list(api.watch("41"))
+    assert calls == [("GET", "/api/v1/nodes/gpu-node-2", None, None, "application/json"),
+                     ("PATCH", "/api/v1/nodes/gpu-node-2", {"fieldManager": "gpu-health-agent"},
+                      {"metadata": {"labels": {"a": "b"}}}, "application/merge-patch+json"),
+                     ("WATCH", "/api/v1/nodes", {"fieldSelector": "metadata.name=gpu-node-2", "resourceVersion": "41"},
+                      agent_mod.WATCH_SECONDS)]
 
 
 def test_parse_args(monkeypatch):

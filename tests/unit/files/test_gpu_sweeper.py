@@ -8,11 +8,14 @@ import copy
 import datetime
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
+if str(ROOT / "files" / "common") not in sys.path:
+    sys.path.insert(0, str(ROOT / "files" / "common"))
 _spec = importlib.util.spec_from_file_location("gpu_sweeper", ROOT / "files" / "healthcheck" / "gpu_sweeper.py")
 sweeper = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(sweeper)

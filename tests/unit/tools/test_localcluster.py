@@ -1,6 +1,5 @@
 """Unit tests of the local control plane tool: addresses, node objects, PKI, kubeconfigs."""
 import argparse
-import importlib.util
 import ipaddress
 import json
 import os
@@ -14,9 +13,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 TOOL_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "tools", "localcluster")
 sys.path.insert(0, os.path.abspath(TOOL_DIR))
-_spec = importlib.util.spec_from_file_location("localcluster", os.path.join(TOOL_DIR, "localcluster.py"))
-lc = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(lc)
+import localcluster as lc  # noqa: E402  (the same instance its sibling modules import)
 import pki  # noqa: E402
 
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")

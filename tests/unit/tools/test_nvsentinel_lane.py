@@ -1,6 +1,5 @@
 """Unit tests of the NVSentinel lane's pure parts: the source check, the GPU metadata stand-in, the
 image map, the PostgreSQL settings and the wait for the pods (tools/localcluster/nvsentinel*.py)."""
-import importlib.util
 import json
 import os
 import re
@@ -11,10 +10,7 @@ import pytest
 
 TOOL_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", "tools", "localcluster"))
 sys.path.insert(0, TOOL_DIR)
-_spec = importlib.util.spec_from_file_location("localcluster", os.path.join(TOOL_DIR, "localcluster.py"))
-lc = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("localcluster", lc)
-_spec.loader.exec_module(lc)
+import localcluster as lc  # noqa: E402  (the same instance its sibling modules import)
 import nvsentinel  # noqa: E402
 import nvsentinel_source  # noqa: E402
 import postgresql  # noqa: E402

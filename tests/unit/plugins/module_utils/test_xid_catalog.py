@@ -6,6 +6,7 @@ Ansible nor the collection installed. The detectors' patterns below are copied f
 is proven to be recognised exactly as a real driver line would be.
 """
 import ast
+import itertools
 import importlib.util
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ _spec = importlib.util.spec_from_file_location("xid_catalog", CATALOG_PATH)
 xc = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(xc)
 
-from detectors import (NVS_XID, NVS_SXID, NVS_FALLEN, NVS_PCI_ID, NVS_HAS_XID, NVS_GPU_MAP, NVS_NVL5, NVS_XID13, NVS_XID74, AWS_XID_GREP, AWS_SXID_GREP, aws_code)  # noqa: E402  pylint: disable=wrong-import-position
+from detectors import (NVS_XID, NVS_SXID, NVS_FALLEN, NVS_PCI_ID, NVS_HAS_XID, NVS_GPU_MAP, NVS_NVL5, NVS_XID13, NVS_XID74, AWS_XID_GREP, AWS_SXID_GREP, aws_code, aws_check0_severity)  # noqa: E402  pylint: disable=wrong-import-position
 
 
 REQUIRED_XIDS = (13, 31, 32, 38, 39, 42, 43, 45, 48, 54, 56, 57, 60, 61, 62, 63, 64, 69, 74, 79, 81, 92, 94,
@@ -175,6 +176,34 @@ def test_default_rendering_gives_the_catalogued_verdicts(code):
     if code not in xc.NVL5_CODES:  # decoded by their text: test_xid_catalog_nvsentinel.py
         assert xc.nvsentinel_action(code, line) == entry["nvsentinel_action"]
     assert xc.aws_severity(code, line) == entry["aws_severity"]
+
+
+FACT_SETS = [dict(zip(xc.AWS_NODE_FACTS, values)) for values in itertools.product((False, True), repeat=3)]
+
+
+@pytest.mark.parametrize("code", xc.codes())
+def test_aws_severity_agrees_with_the_suites_check0_on_every_node(code):
+    """The catalog's AWS severity, with every combination of the node facts check 0 reads (A100,
+    MIG, UVM in use), against the suite's classification (tests/unit/detectors.py); XID 154 with
+    each recovery action."""
+    variants = [{"recovery_action": action} for action in xc.RECOVERY_ACTIONS] if code == 154 else [{}]
+    for params in variants:
+        lines = [journald_message(xc.kmsg_text(record)) for record in xc.render_xid_lines(code, "0000:b5:00.0", **params)]
+        line = xid_line(xc.render_xid_lines(code, "0000:b5:00.0", **params))
+        for facts in FACT_SETS:
+            oracle = aws_check0_severity(lines, facts["a100"], facts["mig"], facts["uvm_in_use"])
+            assert xc.aws_severity(code, line, facts) == oracle, (code, params, facts)
+
+
+def test_node_rules_of_the_aws_suite():
+    assert xc.AWS_NODE_FACTS == ("a100", "mig", "uvm_in_use")
+    assert xc.aws_node_facts(64) == ("a100",) and xc.aws_node_facts("95") == ("a100", "mig")
+    assert xc.aws_node_facts(159) == ("uvm_in_use",) and xc.aws_node_facts(79) == ()
+    assert xc.aws_severity(64, "", {"a100": True, "mig": True}) == "REBOOT"
+    assert xc.aws_severity(95, "", {"a100": True, "mig": True}) == "RESET"
+    assert xc.aws_severity(95, "", {"a100": True}) == "REBOOT"      # a fact not read counts as false
+    assert xc.aws_severity(159, "", {"uvm_in_use": True}) == "RESET"
+    assert xc.aws_severity(159) == "MONITOR" and xc.get(159)["nvsentinel_action"] == "CONTACT_SUPPORT"
 
 
 @pytest.mark.parametrize("code", xc.codes())
@@ -360,7 +389,7 @@ def test_codes_given_as_decimal_strings_are_accepted():
 def test_detector_rules_for_codes_outside_the_catalog():
     assert xc.nvsentinel_action(999, "NVRM: Xid (PCI:0000:b5:00): 999, whatever") == "CONTACT_SUPPORT"
     assert xc.aws_severity(999, "NVRM: Xid (PCI:0000:b5:00): 999, whatever") == "MONITOR"
-    assert xc.aws_severity(159) == "MONITOR"
+    assert xc.aws_severity(999, "", {"a100": True, "mig": True, "uvm_in_use": True}) == "MONITOR"
 
 
 def test_severity_order():
