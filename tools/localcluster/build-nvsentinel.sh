@@ -9,8 +9,8 @@
 # comes with the chart); janitor itself would carry it out through a cloud provider's API.
 #
 # The source directory comes from NVSENTINEL_SRC (default: ../shared/third_party/nvsentinel beside
-# the repository) and must hold NVSENTINEL_COMMIT of tools/versions.env (checked by
-# nvsentinel_source.py). NVSentinel is a multi-module repository: each component is built in its own
+# the repository) and must hold NVSENTINEL_COMMIT of tools/versions.env (nvsentinel_source.py path
+# finds and checks it). NVSentinel is a multi-module repository: each component is built in its own
 # module directory, with its own go.mod, go.sum and `replace ../<module>` lines, dependencies from
 # the Go module proxy. Nothing is written into the source tree. Output:
 # $GPU_FI_CACHE/nvsentinel/<commit>-go<version>/, one build at a time per output (flock).
@@ -28,16 +28,8 @@ done < <(grep -E '^NVSENTINEL_[A-Z_]+=' "$root/tools/versions.env")
 for key in NVSENTINEL_COMMIT NVSENTINEL_SOURCE_DIGEST; do
   [ -n "${!key:-}" ] || { log "$key is not set in tools/versions.env"; exit 1; }
 done
-src=${NVSENTINEL_SRC:-$root/../shared/third_party/nvsentinel}
-if ! [ -d "$src" ]; then
-  log "no NVSentinel source at $src. Get the pinned commit and point NVSENTINEL_SRC at it:"
-  log "  git clone https://github.com/NVIDIA/NVSentinel.git ~/src/nvsentinel"
-  log "  git -C ~/src/nvsentinel checkout --detach $NVSENTINEL_COMMIT"
-  log "  export NVSENTINEL_SRC=~/src/nvsentinel"
-  exit 1
-fi
-src=$(cd "$src" && pwd)
-
+# The checked source directory (NVSENTINEL_SRC, or how to get it when it is missing or different).
+src=$(python3 "$here/nvsentinel_source.py" path)
 go_version=$(go env GOVERSION); go_version=${go_version#go}
 out="$CACHE_ROOT/nvsentinel/$NVSENTINEL_COMMIT-go$go_version"
 # name:module directory:CGO_ENABLED:build tags (as in each component's Dockerfile or .ko.yaml)
@@ -55,9 +47,6 @@ complete() {
 }
 if complete; then log "cached: $out"; echo "$out"; exit 0; fi
 
-python3 "$here/nvsentinel_source.py" verify "$src" "$NVSENTINEL_COMMIT" "$NVSENTINEL_SOURCE_DIGEST" || {
-  log "$src is not NVSentinel $NVSENTINEL_COMMIT (see above); set NVSENTINEL_SRC to a clean checkout of it"
-  exit 1; }
 # syslog-health-monitor reads the journal through go-systemd's sdjournal, which links libsystemd.
 "$root/tools/debian-packages.sh" libsystemd-dev pkgconf
 

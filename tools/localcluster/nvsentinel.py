@@ -28,6 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 import localcluster  # noqa: E402  (sibling modules, found through the path above)
+import nvsentinel_source  # noqa: E402
 import postgresql  # noqa: E402
 
 NAMESPACE = RELEASE = "nvsentinel"   # the namespace the chart's docs install into
@@ -44,21 +45,6 @@ BINARIES = ("syslog-health-monitor", "platform-connectors", "fault-quarantine", 
 CRD_CHARTS = ("charts/janitor",)
 METADATA_FILE = "var/lib/nvsentinel/gpu_metadata.json"   # global.metadataPath, under a node's host root
 FIELD_MANAGER = "local-cluster-nvsentinel"
-
-
-def versions():
-    """tools/versions.env as a dict (an environment variable of the same name wins)."""
-    pins = {}
-    with open(os.path.join(ROOT, "tools", "versions.env"), encoding="utf-8") as f:
-        for line in f:
-            key, sep, value = line.strip().partition("=")
-            if sep and key.isupper() and not key.startswith("#"):
-                pins[key] = os.environ.get(key) or value
-    return pins
-
-
-def source_dir():
-    return os.environ.get("NVSENTINEL_SRC") or os.path.join(ROOT, "..", "shared", "third_party", "nvsentinel")
 
 
 # --- GPU metadata (stand-in for metadata-collector) ---------------------------------------------
@@ -309,13 +295,13 @@ def log(msg):
 
 def up(layout, args):
     """PostgreSQL, the GPU metadata, the chart's objects and the image map; then wait until it runs."""
-    import nvsentinel_source
     from kubernetes import config
     t0 = time.monotonic()
-    pins, src = versions(), source_dir()
-    problems = nvsentinel_source.verify(src, pins["NVSENTINEL_COMMIT"], pins["NVSENTINEL_SOURCE_DIGEST"])
-    if problems:
-        raise localcluster.ClusterError("; ".join(problems))
+    pins = nvsentinel_source.versions()
+    try:
+        src = nvsentinel_source.checked_source(pins)
+    except nvsentinel_source.SourceError as e:
+        raise localcluster.ClusterError(str(e)) from None
     paths, port = postgresql.Paths(layout.state), layout.ports["postgresql"]
     postgresql.install()
     postgresql.ensure_initialised(paths, layout.state)
@@ -342,7 +328,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     import yaml
     port = localcluster.Layout(".", args.port_base).ports["postgresql"]
-    docs = render(args.helm, source_dir(), versions(), port)
+    docs = render(args.helm, nvsentinel_source.checked_source(), nvsentinel_source.versions(), port)
     yaml.safe_dump_all(docs, sys.stdout, sort_keys=False)
     return 0
 

@@ -1,5 +1,10 @@
-"""Check that an NVSentinel source tree is the pinned commit, before anything is built from it.
+"""Find the NVSentinel source tree and check that it is the pinned commit, before anything is built
+from it. Every build from that source (build-nvsentinel.sh, tests/nvsentinel_compat/build.sh, the
+lane in nvsentinel.py) goes through `path` / checked_source().
 
+    nvsentinel_source.py path                       print the checked source directory: NVSENTINEL_SRC,
+                                                    default ../shared/third_party/nvsentinel beside the
+                                                    repository, against tools/versions.env's pins
     nvsentinel_source.py verify SRC COMMIT DIGEST   exit 0 if SRC holds that commit's build inputs
     nvsentinel_source.py digest SRC                 print SRC's digest (to pin a new commit)
 
@@ -17,6 +22,9 @@ import os
 import stat
 import subprocess
 import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+UPSTREAM = "https://github.com/NVIDIA/NVSentinel.git"
 
 # The Go modules built (build-nvsentinel.sh), the modules they replace with ../<dir>, and the chart.
 SOURCE_DIRS = (
@@ -98,7 +106,49 @@ def verify(src, commit, pinned):
     return problems
 
 
+def versions():
+    """tools/versions.env as a dict (an environment variable of the same name wins)."""
+    pins = {}
+    with open(os.path.join(ROOT, "tools", "versions.env"), encoding="utf-8") as f:
+        for line in f:
+            key, sep, value = line.strip().partition("=")
+            if sep and key.isupper() and not key.startswith("#"):
+                pins[key] = os.environ.get(key) or value
+    return pins
+
+
+def source_dir():
+    return os.path.abspath(os.environ.get("NVSENTINEL_SRC")
+                           or os.path.join(ROOT, "..", "shared", "third_party", "nvsentinel"))
+
+
+class SourceError(Exception):
+    pass
+
+
+def checked_source(pins=None):
+    """The NVSentinel source directory, checked against the pins; SourceError says how to get it."""
+    pins = pins or versions()
+    src, commit = source_dir(), pins["NVSENTINEL_COMMIT"]
+    if not os.path.isdir(src):
+        raise SourceError(
+            "no NVSentinel source at %s. Get the pinned commit and point NVSENTINEL_SRC at it:\n"
+            "  git clone %s ~/src/nvsentinel\n  git -C ~/src/nvsentinel checkout --detach %s\n"
+            "  export NVSENTINEL_SRC=~/src/nvsentinel" % (src, UPSTREAM, commit))
+    problems = verify(src, commit, pins["NVSENTINEL_SOURCE_DIGEST"])
+    if problems:
+        raise SourceError("\n".join(problems + ["set NVSENTINEL_SRC to a clean checkout of %s" % commit]))
+    return src
+
+
 def main(argv):
+    if argv == ["path"]:
+        try:
+            print(checked_source())
+        except SourceError as e:
+            print("nvsentinel_source: %s" % e, file=sys.stderr)
+            return 1
+        return 0
     if len(argv) == 4 and argv[0] == "verify":
         problems = verify(*argv[1:])
         for p in problems:

@@ -15,7 +15,7 @@ import nvsentinel  # noqa: E402
 import nvsentinel_source  # noqa: E402
 import postgresql  # noqa: E402
 
-NVSENTINEL_SRC = nvsentinel.source_dir()
+NVSENTINEL_SRC = nvsentinel_source.source_dir()
 
 
 def _git(cwd, *argv):
@@ -39,7 +39,7 @@ def test_tree_id_is_gits(tmp_path):
 
 
 def test_pinned_digest_matches_the_source_and_a_change_is_found(tmp_path):
-    pins = nvsentinel.versions()
+    pins = nvsentinel_source.versions()
     assert nvsentinel_source.verify(NVSENTINEL_SRC, pins["NVSENTINEL_COMMIT"], pins["NVSENTINEL_SOURCE_DIGEST"]) == []
     # A copy with one byte changed in one module no longer matches, and the message names the directory.
     copy = tmp_path / "src"
