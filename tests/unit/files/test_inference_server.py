@@ -3,7 +3,7 @@
 The pure parts (configuration, request parsing, completions, error names) are tested in process.
 The server itself runs as a subprocess on 127.0.0.1 (port 0: the kernel picks a free port, which
 the start line reports) against the stand-in driver files/shim/tests/fake_cuda.c, with the CUDA
-fault shim preloaded, both built by the shim tests' own Build helper (tests/unit/shim/test_shim.py).
+fault shim preloaded, both built by the shim tests' own Build helper (tests/unit/shim/shim_build.py).
 The shim is armed the way the node agent arms it: shim_control.render() written to the control
 file through a temporary name and a rename.
 """
@@ -36,9 +36,7 @@ def _load(name, path):
 
 
 server_mod = _load("demo_inference_server", SERVER)
-shim_tests = _load("demo_shim_build", ROOT / "tests" / "unit" / "shim" / "test_shim.py")
-needs_cc = pytest.mark.skipif(
-    shim_tests.CC is None, reason="no C compiler (cc, gcc or clang) on PATH: the server runs on the stand-in driver built here")
+shim_build = _load("demo_shim_build", ROOT / "tests" / "unit" / "shim" / "shim_build.py")
 CATALOG_NAMES = {number: name for name, number in xid_catalog.CUDA_ERRORS.items()}
 MODEL = "demo-llm"
 
@@ -150,9 +148,7 @@ def test_completions_are_deterministic_and_respect_max_tokens():
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
-    if shim_tests.CC is None:
-        pytest.skip("no C compiler (cc, gcc or clang) on PATH")
-    return shim_tests.Build(tmp_path_factory.mktemp("demo-build"))
+    return shim_build.Build(tmp_path_factory.mktemp("demo-build"))
 
 
 @pytest.fixture
@@ -162,11 +158,11 @@ def control(tmp_path):
 
 
 def arm(control, xid=79, gpu=None, seq=1):
-    shim_tests.write_control(control, shim_control.render(True, seq, "unit-test", xid=xid, gpu=gpu))
+    shim_build.write_control(control, shim_control.render(True, seq, "unit-test", xid=xid, gpu=gpu))
 
 
 def disarm(control, seq=2):
-    shim_tests.write_control(control, shim_control.render(False, seq, "unit-test"))
+    shim_build.write_control(control, shim_control.render(False, seq, "unit-test"))
 
 
 class Server:
@@ -280,7 +276,6 @@ def running(servers, build, control, **env):
     return server
 
 
-@needs_cc
 def test_serves_health_models_and_completions_through_the_disarmed_shim(build, control, servers):
     server = running(servers, build, control)
     start = server.log[-1]
@@ -307,7 +302,6 @@ def test_serves_health_models_and_completions_through_the_disarmed_shim(build, c
     assert server.request("GET", "/health") == (200, {"status": "ok"})
 
 
-@needs_cc
 def test_bad_requests_get_400_and_leave_the_server_healthy(build, control, servers):
     server = running(servers, build, control)
     cases = [
@@ -337,7 +331,6 @@ def test_bad_requests_get_400_and_leave_the_server_healthy(build, control, serve
     assert server.proc.poll() is None
 
 
-@needs_cc
 @pytest.mark.parametrize("xid", [79, 48, 31])
 def test_arming_fails_the_next_request_with_500_and_exits_3(build, control, servers, xid):
     server = running(servers, build, control)
@@ -360,7 +353,6 @@ def test_arming_fails_the_next_request_with_500_and_exits_3(build, control, serv
     assert len(failed) == 1 and failed[0]["code"] == code
 
 
-@needs_cc
 def test_without_exit_on_fatal_the_server_stays_unhealthy(build, control, servers):
     server = running(servers, build, control, DEMO_EXIT_ON_FATAL=0)
     arm(control, xid=79)
@@ -382,7 +374,6 @@ def test_without_exit_on_fatal_the_server_stays_unhealthy(build, control, server
     assert events[-1]["event"] == "stop" and events[-1]["healthy"] is False
 
 
-@needs_cc
 def test_only_the_targeted_gpu_fails(build, control, servers):
     on_2 = running(servers, build, control, DEMO_CUDA_DEVICE=2)
     on_0 = running(servers, build, control, DEMO_CUDA_DEVICE=0)
@@ -394,7 +385,6 @@ def test_only_the_targeted_gpu_fails(build, control, servers):
     assert on_0.complete()[0] == 200 and on_0.request("GET", "/health")[0] == 200
 
 
-@needs_cc
 @pytest.mark.parametrize("how", ["control file", "environment"])
 def test_a_server_armed_from_the_start_does_not_start(build, control, servers, how):
     if how == "control file":
@@ -415,7 +405,6 @@ def test_a_server_armed_from_the_start_does_not_start(build, control, servers, h
     assert running(servers, build, control).complete()[0] == 200
 
 
-@needs_cc
 def test_the_copy_check_catches_bytes_that_do_not_come_back(build, control, servers):
     # The stand-in driver counts copies but moves no bytes: exactly what the check is for.
     server = running(servers, build, control, preload=False, DEMO_VERIFY_COPY=1)
@@ -426,7 +415,6 @@ def test_the_copy_check_catches_bytes_that_do_not_come_back(build, control, serv
     assert server.wait() == 3
 
 
-@needs_cc
 def test_start_failures_and_a_clean_stop(build, control, servers, tmp_path):
     missing = servers(build, control, DEMO_LIBCUDA=str(tmp_path / "nowhere" / "libcuda.so.1"))
     record = missing.started()

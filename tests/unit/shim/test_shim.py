@@ -7,12 +7,10 @@ LD_PRELOAD=<shim> and LD_LIBRARY_PATH=<fixtures>; the fakes count every call by 
 test can tell whether the real function ran (delta=1) or the shim answered (delta=0).
 """
 import os
-import queue
 import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,13 +19,10 @@ import pytest
 
 from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import shim_control, shim_source, xid_catalog
 
-# shim_build sits beside this file; tests/unit/files/test_inference_server.py loads this file by path
-# and uses its Build, CC and write_control.
+# shim_build sits beside this file (tests/unit/files/test_inference_server.py uses it too).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shim_build import (CC, FIXTURES, PCI, SHIM_SRC, clean_env, compile_all, compiler,  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import
-                        fake_driver_job, fixture_flags, shim_job, write_control)
+from shim_build import FIXTURES, PCI, SHIM_SRC, Build, compiler, write_control  # noqa: E402  pylint: disable=wrong-import-position
 
-SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
 # Driver functions the shim itself calls on its armed path (to find a call's context and device):
 # when a call to one of them fails, the fake may still have counted the shim's own query.
 SHIM_QUERIES = {"cuCtxGetCurrent", "cuCtxGetDevice", "cuStreamGetCtx", "cuCtxPushCurrent_v2", "cuCtxPopCurrent_v2",
@@ -45,109 +40,6 @@ COVERED = api_names("CUDA_DRIVER_COVERED")
 LOOKUPS = api_names("CUDA_DRIVER_LOOKUP")
 EXTRAS = api_names("CUDA_DRIVER_EXTRA")
 RUNTIME = api_names("CUDA_RUNTIME_COVERED")
-
-
-class Build:
-    """The shim, the fakes and the clients, built into one directory."""
-
-    def __init__(self, root, sanitize=False):
-        self.dir = Path(root)
-        self.sanitize = sanitize
-        self.shim = self.dir / shim_source.LIBRARY
-        self.clients = {name: self.dir / name for name in ("client_symbols", "client_cudart_like")}
-        extra = SANITIZE if sanitize else []
-        fixture = fixture_flags(extra)
-        out = str(self.dir)
-        jobs = {
-            "shim": shim_job(self.dir, extra),
-            "libcuda": fake_driver_job(self.dir, extra),
-            "libcudart": fixture + ["-shared", "-fPIC", "-Wl,-soname,libcudart.so.12", "-o", out + "/libcudart.so.12",
-                                    str(FIXTURES / "fake_cudart.c"), "-ldl", "-lpthread"],
-            "client_cudart_like": fixture + ["-o", out + "/client_cudart_like", str(FIXTURES / "client_cudart_like.c"), "-ldl"],
-        }
-        self.results = compile_all(jobs)
-        # client_symbols links the fakes: built after them.
-        self.results.update(compile_all({"client_symbols": fixture + [
-            "-rdynamic", "-o", out + "/client_symbols", str(FIXTURES / "client_symbols.c"), "-L", out,
-            "-l:libcuda.so.1", "-l:libcudart.so.12", "-ldl"]}))
-
-    def env(self, control, preload=True, **extra):
-        env = clean_env(LD_LIBRARY_PATH=self.dir, CUDA_FAULT_CONTROL_FILE=control)
-        if preload:
-            libs = [str(self.shim)]
-            if self.sanitize:
-                # the sanitizer runtime must come first in the initial library list
-                libs.insert(0, subprocess.run([compiler(), "-print-file-name=libasan.so"], capture_output=True, text=True,
-                                              check=True).stdout.strip())
-                env["ASAN_OPTIONS"] = "detect_leaks=1:exitcode=23"
-                env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
-            env["LD_PRELOAD"] = ":".join(libs)
-        env.update({k: str(v) for k, v in extra.items()})
-        return env
-
-    def run(self, client, *args, control, preload=True, timeout=30, **extra):
-        proc = subprocess.run([str(self.clients[client])] + [str(a) for a in args], env=self.env(control, preload, **extra),
-                              capture_output=True, text=True, timeout=timeout, check=False)
-        assert proc.returncode == 0, "%s %s exited %d\nstdout:\n%s\nstderr:\n%s" % (
-            client, args, proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])
-        return proc
-
-    def popen(self, client, *args, control, **extra):
-        """A loop client that stops cleanly when its stdin is closed."""
-        return Loop(subprocess.Popen([str(self.clients[client])] + [str(a) for a in args] + ["stdin"],
-                                     env=self.env(control, **extra), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True))
-
-
-class Loop:
-    """A running loop client: its STATE lines, read in the background."""
-
-    def __init__(self, proc):
-        self.proc = proc
-        self.lines = queue.Queue()
-        self.state = None
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def wait_for(self, timeout=5.0, **want):
-        """Wait until the client reports a state with the wanted results; return the seconds it took."""
-        start = time.monotonic()
-        while self.state is None or any(self.state.get(k) != v for k, v in want.items()):
-            left = start + timeout - time.monotonic()
-            try:
-                line = self.lines.get(timeout=max(left, 0.001))
-            except queue.Empty:
-                raise AssertionError("no state %r within %.1fs; last %r" % (want, timeout, self.state)) from None
-            if line is None:
-                raise AssertionError("client exited: %s" % self.proc.stderr.read())
-            if line.startswith("STATE "):
-                self.state = {k: int(v) for k, v in re.findall(r"([ABNF])=(-?\d+)", line)}
-        return time.monotonic() - start
-
-    def quiet(self, seconds):
-        """Assert that the state does not change for some time."""
-        try:
-            line = self.lines.get(timeout=seconds)
-        except queue.Empty:
-            return
-        raise AssertionError("unexpected change: %r" % line)
-
-    def stop(self):
-        """Close stdin (a normal exit, so that sanitizers report), kill if that takes too long."""
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        stderr = self.proc.stderr.read()
-        self.proc.stderr.close()
-        self.proc.stdout.close()
-        return stderr
 
 
 @pytest.fixture(scope="session")
