@@ -232,3 +232,37 @@ def wait_for(core, ns, check, what, timeout=RUNNER_TIMEOUT, interval=0.2):
         return wait_until(check, timeout, what, interval)
     except pytest.fail.Exception as e:
         pytest.fail("%s\n%s" % (e, diagnostics(core, ns)), pytrace=False)
+
+
+# --- simulated nodes' journals (tools/localcluster/kmsg_journal.py) ---------------------------
+
+def node_host(node):
+    """A simulated node's host root (the pod runner's hostPath root)."""
+    return os.path.join(RUNNER_STATE, "nodes", node, "host")
+
+
+def node_journal(host, *matches):
+    """The entries of a node's journal (journalctl -o json: the libsystemd reader NVSentinel uses), oldest first."""
+    directory = os.path.join(host, "var", "log", "journal")
+    if not os.path.isdir(directory):
+        return []
+    out = subprocess.run(["journalctl", "--directory=" + directory, "-o", "json", "--no-pager", *matches],
+                         capture_output=True, text=True, check=True, timeout=30).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def journal_identity(host):
+    """A node's (machine id, boot id) as journald records them."""
+    with open(os.path.join(host, "etc", "machine-id")) as f:
+        machine_id = f.read().strip()
+    with open(os.path.join(host, "proc", "sys", "kernel", "random", "boot_id")) as f:
+        boot_id = f.read().strip().replace("-", "")
+    return machine_id, boot_id
+
+
+def journal_has(count, host, *matches):
+    """A check for wait_until: the node's journal entries once there are `count` of them."""
+    def check():
+        entries = node_journal(host, *matches)
+        return entries if len(entries) >= count else None
+    return check

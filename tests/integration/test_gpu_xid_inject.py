@@ -6,10 +6,12 @@ Every refused request is checked to have created no object and written no byte t
 """
 import json
 import os
+import time
 
 import pytest
 
-from support import RUN_LABEL, RUNNER_STATE, ansible_module, kmsg_path, run_playbook, wait_until
+from support import (RUN_LABEL, RUNNER_STATE, ansible_module, journal_has, journal_identity, kmsg_path, localcluster,
+                     node_host, node_journal, run_playbook, wait_until)
 
 MODULE = "gpu_resilience.fault_injection.gpu_xid_inject"
 NAMESPACE = "gpu-fault-injection"
@@ -196,6 +198,49 @@ def test_shim_is_armed_with_the_xid_and_disarmed_when_the_fault_goes(agent):
     assert off["faults"][0]["phase"] == "Injected" and off["faults"][0]["records"] == []
     assert kmsg_sizes() == before and shim_state("gpu-node-2")["armed"] == "0"
     assert inject(state="absent", drill="it-shim")["changed"]
+
+
+def test_injected_xid_lands_in_the_nodes_journal_once(agent):
+    """The node journal bridge (tools/localcluster/kmsg_journal.py, `up --journal`, as tools/test.sh
+    starts the cluster): the agent's records reach the node's journal as journald stores them, once,
+    also across a restart of the bridge."""
+    layout = localcluster.Layout(os.environ.get("LOCALCLUSTER_DIR", ""), int(os.environ.get("LOCALCLUSTER_PORT_BASE", "26000")))
+    info = localcluster.read_info(layout)
+    assert info.get("journal") and localcluster.running_pid(layout, "kmsg-journal"), \
+        "the cluster runs no node journal bridge: start it with `tools/local-cluster up --journal`"
+    host = node_host("gpu-node-2")
+    before = {n: len(node_journal(node_host(n), "_TRANSPORT=kernel")) for n in NODES}
+    started = time.time()
+    result = inject(node="gpu-node-2", gpu="0", xid=79, drill="it-journal")
+    assert not result.get("failed"), result
+    records = result["faults"][0]["records"]          # as written: "NVRM: NVRM: Xid ..."
+    entries = wait_until(journal_has(before["gpu-node-2"] + len(records), host, "_TRANSPORT=kernel"), 30,
+                         "the XID's records in gpu-node-2's journal")
+    new = entries[before["gpu-node-2"]:]
+    machine_id, boot_id = journal_identity(host)
+    # journald's MESSAGE is the driver's own line: the leading "NVRM:" went to SYSLOG_IDENTIFIER.
+    assert [e["MESSAGE"] for e in new] == [r[len("NVRM: "):] for r in records]
+    assert any(m.startswith("NVRM: Xid (PCI:0000:53:00): 79, ") for m in (e["MESSAGE"] for e in new))
+    assert "NVRM: The NVIDIA GPU 0000:53:00.0\nNVRM: (PCI ID:" in new[-1]["MESSAGE"]
+    for entry in new:
+        assert {k: entry[k] for k in ("_TRANSPORT", "SYSLOG_IDENTIFIER", "PRIORITY", "SYSLOG_FACILITY",
+                                      "_HOSTNAME", "_MACHINE_ID", "_BOOT_ID")} == {
+            "_TRANSPORT": "kernel", "SYSLOG_IDENTIFIER": "NVRM", "PRIORITY": "3", "SYSLOG_FACILITY": "1",
+            "_HOSTNAME": "gpu-node-2", "_MACHINE_ID": machine_id, "_BOOT_ID": boot_id}
+        assert started - 1 <= int(entry["__REALTIME_TIMESTAMP"]) / 1e6 <= time.time()
+    assert {n: len(node_journal(node_host(n), "_TRANSPORT=kernel")) for n in ("gpu-node-0", "gpu-node-1")} == \
+        {n: before[n] for n in ("gpu-node-0", "gpu-node-1")}
+
+    # A restarted bridge goes on from where it was: nothing twice, the next record once.
+    localcluster.terminate([localcluster.running_pid(layout, "kmsg-journal")], grace=10)
+    localcluster.respawn_missing(layout, info["bin_dir"], "", info)
+    result = inject(node="gpu-node-2", gpu="1", xid=13, drill="it-journal")
+    assert not result.get("failed"), result
+    count = len(entries) + len(result["faults"][0]["records"])
+    entries = wait_until(journal_has(count, host, "_TRANSPORT=kernel"), 30, "XID 13 after the restart")
+    assert len(entries) == count
+    assert [e["MESSAGE"] for e in entries[before["gpu-node-2"]:]] == [r[len("NVRM: "):] for r in records] + \
+        [r[len("NVRM: "):] for r in result["faults"][0]["records"]]
 
 
 def test_absent_removes_every_fault_and_is_idempotent(agent, custom):

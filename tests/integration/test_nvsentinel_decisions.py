@@ -190,7 +190,7 @@ KEYS = ("check", "error_code", "action", "fatal", "healthy", "pci", "gpu_uuid")
 def test_the_catalogs_journal_model_agrees_with_the_node_journal_bridge(form):
     """journal_message (what nvsentinel_detection expects NVSentinel to read) against the bridge's
     rules, for every record of every catalog XID and SXid."""
-    records = [r for _, rs in catalog_records() for r in rs]
+    records = [r for _code, rs in catalog_records() for r in rs]
     texts = [agent.record_text(record, form) for record in records]
     assert [xc.journal_message(text)[1] for text in texts] == [e["MESSAGE"] for e in journal_entries(texts)]
     assert all(e["_TRANSPORT"] == "kernel" for e in journal_entries(texts))
