@@ -48,10 +48,10 @@ run_stage() {
 
 for s in "${stages[@]}"; do
   case $s in
-    unit)        run_stage unit python -m pytest -q tests/unit ;;
-    integration) run_stage integration python -m pytest -q tests/integration ;;
+    unit)        run_stage unit python -m pytest -q --durations=15 tests/unit ;;
+    integration) run_stage integration python -m pytest -q --durations=30 tests/integration ;;
     molecule)    run_stage molecule env LOCALCLUSTER_KEEP=1 molecule test -s default ;;
-    nvsentinel)  run_stage nvsentinel python -m pytest -q -s tests/nvsentinel ;;
+    nvsentinel)  run_stage nvsentinel python -m pytest -q -s --durations=15 tests/nvsentinel ;;
     sanity)      run_stage sanity tools/sanity.sh ;;
     lint)        run_stage lint tools/lint.sh ;;
     *) echo "unknown stage: $s (unit integration molecule nvsentinel sanity lint)"; exit 2 ;;
