@@ -47,7 +47,8 @@ def load(name, path, *search):
 # What the agent writes (its record forms) and what the kernel and journald make of it (the node
 # journal bridge's rules): the journal entries NVSentinel reads come from these, not from the catalog.
 agent = load("gpu_fault_agent", os.path.join(ROOT, "files", "agent", "gpu_fault_agent.py"),
-             os.path.join(ROOT, "plugins", "module_utils"), os.path.join(ROOT, "files", "agent"))
+             os.path.join(ROOT, "plugins", "module_utils"), os.path.join(ROOT, "files", "agent"),
+             os.path.join(ROOT, "files", "common"))
 kmsg_journal = load("kmsg_journal", os.path.join(ROOT, "tools", "localcluster", "kmsg_journal.py"))
 
 BUILD = os.path.join(ROOT, "tests", "nvsentinel_compat", "build.sh")
