@@ -1,6 +1,7 @@
 """A real Kubernetes control plane on loopback, with simulated GPU nodes, for tests and demos.
 
     localcluster.py --bin-dir DIR up [--nodes N] [--cpu-nodes M] [--journal] [--nvsentinel]
+                                     [--nvsentinel-stage monitor|dry-run|full]
                                                    start (or converge) the cluster
     localcluster.py down                           stop everything, delete its state
     localcluster.py status | env | restart-runner
@@ -25,6 +26,8 @@ in cluster.json: a later `up` without it keeps the bridge running; `down` stops 
 --nvsentinel runs NVIDIA NVSentinel on the cluster, built from source and deployed by its own
 chart (nvsentinel.py), with its PostgreSQL as one more process of the cluster (postgresql.py) and
 the node journals it reads (so it implies --journal). It is kept in cluster.json like --journal.
+--nvsentinel-stage says what NVSentinel may do (nvsentinel.STAGES: monitor, dry-run, full, the
+default); `up --nvsentinel --nvsentinel-stage S` on a running cluster redeploys it in stage S.
 
 Image-mode pods (podrunner.py) are configured by the *.json files in <state>/image-maps/
 (LOCALCLUSTER_IMAGE_MAPS in `env`); they need Debian's iproute2, journals need
@@ -719,6 +722,11 @@ def main(argv=None):
     up.add_argument("--nvsentinel", action="store_true",
                     help="also run NVIDIA NVSentinel, built from source and deployed by its chart "
                          "(nvsentinel.py); implies --journal")
+    up.add_argument("--nvsentinel-stage", choices=("monitor", "dry-run", "full"),
+                    default=os.environ.get("LOCALCLUSTER_NVSENTINEL_STAGE") or None,
+                    help="what NVSentinel may do (nvsentinel.STAGES): monitor (conditions only), dry-run (decides, "
+                         "does not act), full (cordon, drain, remediation; the default); on a running cluster, "
+                         "NVSentinel is redeployed in that stage. Kept until given again or `down`")
     up.add_argument("--nvsentinel-bin-dir", default=os.environ.get("LOCALCLUSTER_NVSENTINEL_BIN_DIR"),
                     help="NVSentinel's binaries (the output of build-nvsentinel.sh)")
     up.add_argument("--helm", default=os.environ.get("LOCALCLUSTER_HELM"),
@@ -728,6 +736,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.cmd == "up" and not args.bin_dir:
         parser.error("up needs --bin-dir (or LOCALCLUSTER_BIN_DIR): the output of build-binaries.sh")
+    if args.cmd == "up" and args.nvsentinel_stage and not args.nvsentinel:
+        parser.error("--nvsentinel-stage is a setting of --nvsentinel: give both")
     if args.cmd == "up" and args.nvsentinel and not (args.nvsentinel_bin_dir and args.helm):
         parser.error("up --nvsentinel needs --nvsentinel-bin-dir and --helm (or LOCALCLUSTER_NVSENTINEL_BIN_DIR "
                      "and LOCALCLUSTER_HELM): the outputs of build-nvsentinel.sh and build-helm.sh")
