@@ -136,6 +136,14 @@ def gpu_metadata(gpus, driver_version="", nvswitch_ports=()):
     return {"driver_version": driver_version or "", "gpus": out}
 
 
+def expectation(records, metadata=None):
+    """(the health events the catalog expects NVSentinel to publish for records exactly as the fault
+    agent wrote them to /dev/kmsg, the records that would stall its syslog monitor); ValueError on
+    records the catalog cannot read."""
+    messages = [xid_catalog.journal_message(record)[1] for record in records]
+    return xid_catalog.nvsentinel_events(messages, metadata), xid_catalog.nvsentinel_stalls(messages, metadata)
+
+
 # --- what NVSentinel wrote ------------------------------------------------------------------------
 
 def parse_message(message):

@@ -161,7 +161,7 @@ events:
 import queue
 import time
 
-from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import drain, kube, nvsentinel, xid_catalog
+from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import drain, kube, nvsentinel
 from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils.kube import KubeError
 
 
@@ -179,9 +179,7 @@ def argument_spec():
 
 def expectation(params):
     """(expected events, stalled records) for the records as journald stores them; ValueError on bad input."""
-    messages = [xid_catalog.journal_message(record)[1] for record in params["records"]]
-    return (xid_catalog.nvsentinel_events(messages, params["gpu_metadata"]),
-            xid_catalog.nvsentinel_stalls(messages, params["gpu_metadata"]))
+    return nvsentinel.expectation(params["records"], params["gpu_metadata"])
 
 
 class Detection(object):
