@@ -354,6 +354,23 @@ def recent_events(events, since):
     return [event for event in events if floor is None or (event_time(event) or time.time()) >= floor]
 
 
+def findings(seen):
+    """(the expected events found, one sentence per difference) of an observe() result. Each found is
+    ``{check, signal, error_codes, action, detail}``, detail ``SysLogsXIDError condition ErrorCode 79
+    RESTART_BM``; a difference ``SysLogsXIDError condition 79 RESTART_BM: Recommended Action ...``."""
+    found, problems = [], []
+    for row in seen["rows"]:
+        if row["observed"] is not None:
+            entry = row["observed"]
+            found.append({"check": row["expected"]["check"], "signal": row["signal"], "error_codes": entry["error_codes"],
+                          "action": entry["action"], "detail": "%s %s ErrorCode %s %s" % (
+                              row["expected"]["check"], row["signal"], ",".join(entry["error_codes"]), entry["action"])})
+        problems += ["%s: %s" % (describe(row["expected"]), problem) for problem in row["problems"]]
+    problems += ["also %s %s ErrorCode %s %s" % (item["check"], item["signal"], ",".join(item["entry"]["error_codes"]),
+                                                item["entry"]["action"]) for item in seen["extra"]]
+    return found, problems
+
+
 def describe(expected):
     """One line for an expected event: ``SysLogsXIDError condition 79 RESTART_BM``."""
     if expected["healthy"]:

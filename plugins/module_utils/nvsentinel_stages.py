@@ -278,13 +278,29 @@ def remediation_objects(objects, node_name, since=None):
 
 
 def phase_state(plan_, phase, node, objects=(), prefix=node_marks.NVSENTINEL_LABEL_PREFIX):
-    """Where a node is in a phase of the plan: ``{done, marks, forbidden, expect}``.
+    """Where a node is in a phase of the plan: ``{done, marks, forbidden, expect, acts}``.
 
     done: the stage's marks for the phase are all there; marks: what of NVSentinel's the node
     carries now (and the remediation objects); forbidden: marks the stage (or a non-fatal
-    expectation) rules out, each a sentence; expect: what the phase waits for, in words.
+    expectation) rules out, each a sentence; expect: what the phase waits for, in words; acts:
+    whether NVSentinel does anything in the phase (when it does not, done holds from the start).
     objects: the node's remediation objects (remediation_objects()).
     """
+    state = _phase_state(plan_, phase, node, objects, prefix)
+    state["acts"] = acts(plan_, phase)
+    return state
+
+
+def acts(plan_, phase):
+    """Whether NVSentinel's components act (or record a decision) in a phase of the plan."""
+    if phase not in PHASES:
+        raise StageError("phase must be one of %s, got %r" % (", ".join(PHASES), phase))
+    if not plan_["fatal"] or plan_["stage"] == "monitor":
+        return False
+    return plan_["stage"] == "full" or phase != "remediation"
+
+
+def _phase_state(plan_, phase, node, objects, prefix):
     if phase not in PHASES:
         raise StageError("phase must be one of %s, got %r" % (", ".join(PHASES), phase))
     marks = nvsentinel_marks(node, prefix)
@@ -338,6 +354,17 @@ def phase_state(plan_, phase, node, objects=(), prefix=node_marks.NVSENTINEL_LAB
     return {"done": done, "marks": marks, "forbidden": forbidden,
             "expect": "fault-remediation's %s and state %s" % (
                 " and ".join(wanted) or "no remediation object", plan_["remediation_state"])}
+
+
+# The marks that tell each phase's story (the rest are another phase's).
+PHASE_MARK_KINDS = {"quarantine": ("cordon", "label", "annotation"), "drain": ("state",),
+                    "remediation": ("object", "state")}
+
+
+def phase_detail(phase, marks):
+    """The marks of a phase_state() that belong to the phase, in a line."""
+    return "; ".join(m["detail"] for m in marks if m["kind"] in PHASE_MARK_KINDS[phase]
+                     and not (phase == "quarantine" and m["field"] and node_marks.REMEDIATION_STATE_ANNOTATION in m["field"]))
 
 
 def _who(mark):

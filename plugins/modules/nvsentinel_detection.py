@@ -131,6 +131,18 @@ mismatches:
   returned: always
   type: int
   sample: 0
+found:
+  description: Each expected event found - C(check), C(signal), C(error_codes), C(action) and C(detail) (those in a line).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{check: SysLogsXIDError, signal: condition, error_codes: ["79"], action: RESTART_BM,
+            detail: SysLogsXIDError condition ErrorCode 79 RESTART_BM}]
+problems:
+  description: One sentence per difference from the catalog (a missing, different or extra report).
+  returned: always
+  type: list
+  elements: str
 matched:
   description: True when every expected event was reported as expected and nothing else was.
   returned: always
@@ -266,9 +278,10 @@ class Detection(object):
 
     def result(self, when):
         seen, conditions, events = self.seen()
+        found, problems = nvsentinel.findings(seen)
         out = dict(changed=False, expected=self.expected, rows=seen["rows"], extra=seen["extra"],
-                   mismatches=seen["mismatches"], matched=seen["mismatches"] == 0, conditions=conditions,
-                   events=events)
+                   mismatches=seen["mismatches"], matched=seen["mismatches"] == 0, found=found, problems=problems,
+                   conditions=conditions, events=events)
         if nvsentinel.complete(seen) and not self.module.check_mode:
             mono, wall = when or (time.monotonic(), time.time())
             out["elapsed"] = round(mono - self.started, 3)

@@ -111,11 +111,17 @@ EXAMPLES = r"""
 RETURN = r"""
 nodes:
   description: Per node - C(name), C(done), C(matched_at) (RFC 3339 time of the API event, null when not reached),
-    C(elapsed) (seconds from the module's start), C(marks) (NVSentinel's marks and remediation objects, each
-    C(kind), C(detail), C(field), C(value), C(set_by)), C(forbidden).
+    C(elapsed) (seconds from the module's start), C(detail) (the phase's marks when it was reached, in a line),
+    C(marks) (NVSentinel's marks and remediation objects now, each C(kind), C(detail), C(field), C(value),
+    C(set_by)), C(forbidden).
   returned: always
   type: list
   elements: dict
+acts:
+  description: Whether NVSentinel acts in the phase in this stage (when not, C(done) holds from the start and
+    C(matched_at) is no reaction time).
+  returned: always
+  type: bool
 satisfied:
   description: Every node reached the phase and none carries a forbidden mark.
   returned: always
@@ -192,7 +198,8 @@ class Phase(object):
                 return name, state["forbidden"][0]
             if state["done"] and name not in self.reached:
                 mono, wall = when
-                self.reached[name] = dict(elapsed=round(mono - self.started, 3), matched_at=drain.utc(wall))
+                self.reached[name] = dict(elapsed=round(mono - self.started, 3), matched_at=drain.utc(wall),
+                                          detail=stages.phase_detail(self.params["phase"], state["marks"]))
         return None
 
     def run(self):
@@ -261,9 +268,12 @@ class Phase(object):
             reached = self.reached.get(name)
             nodes.append(dict(name=name, done=reached is not None, matched_at=(reached or {}).get("matched_at"),
                               elapsed=(reached or {}).get("elapsed"), marks=state["marks"],
+                              detail=(reached or {}).get("detail") or stages.phase_detail(self.params["phase"],
+                                                                                         state["marks"]),
                               forbidden=state["forbidden"]))
         expect = stages.phase_state(self.plan, self.params["phase"], self.nodes[self.params["nodes"][0]], [])["expect"]
         out = dict(changed=False, nodes=nodes, plan=self.plan, expect=expect,
+                   acts=stages.acts(self.plan, self.params["phase"]),
                    satisfied=not bad and all(n["done"] for n in nodes))
         if bad:
             out["failed"] = True

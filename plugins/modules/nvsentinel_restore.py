@@ -176,7 +176,7 @@ def release(k8s, module):
     try:
         for patch in steps:
             try:
-                k8s.patch(nodes, body=patch, name=name, content_type="application/merge-patch+json")
+                k8s.patch(nodes, patch, name=name, content_type="application/merge-patch+json")
             except kube.DynamicApiError as e:
                 raise KubeError("%s node %s to hand it back to NVSentinel failed: %s" % (
                     "cordoning" if patch["spec"]["unschedulable"] else "uncordoning", name, kube.describe(e)))

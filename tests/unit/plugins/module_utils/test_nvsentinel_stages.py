@@ -177,7 +177,8 @@ def test_dry_run_stage_phases_and_what_it_forbids():
 
 def test_monitor_and_non_fatal_faults_forbid_every_mark():
     assert stages.phase_state(MONITOR, "quarantine", node()) == {
-        "done": True, "marks": [], "forbidden": [], "expect": "no NVSentinel mark (in stage monitor NVSentinel only reports)"}
+        "done": True, "marks": [], "forbidden": [], "expect": "no NVSentinel mark (in stage monitor NVSentinel only reports)",
+        "acts": False}
     state = stages.phase_state(MONITOR, "drain", node(False, {STATE: "draining"}))
     assert state["forbidden"] == ["in stage monitor NVSentinel only reports, yet the node carries state draining"]
     xid13 = stages.plan("full", XID13, RESOURCES)
@@ -217,3 +218,10 @@ def test_nvsentinel_events_are_platform_connectors_and_node_drainers():
               event("d", "AwaitingPodCompletion", "nvsentinel-node-drainer", when="2026-12-06T21:00:00Z"),
               event("e", "AwaitingPodCompletion", "nvsentinel-node-drainer", about="gpu-node-2")]
     assert [e["metadata"]["name"] for e in stages.nvsentinel_events(events, NODE, 1796594640)] == ["a", "b"]
+
+
+def test_which_phases_nvsentinel_acts_in():
+    assert [stages.acts(FULL, p) for p in stages.PHASES] == [True, True, True]
+    assert [stages.acts(DRY, p) for p in stages.PHASES] == [True, True, False]
+    assert [stages.acts(MONITOR, p) for p in stages.PHASES] == [False, False, False]
+    assert not stages.acts(stages.plan("full", XID13, RESOURCES), "quarantine")
