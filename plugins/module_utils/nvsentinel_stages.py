@@ -168,11 +168,11 @@ def stage_problems(wanted, found, namespace, breaker=None):
 
 
 # The chart values that make each stage (tools/localcluster/nvsentinel.py deploys them).
+_ENABLED = "global.faultQuarantine.enabled, global.nodeDrainer.enabled and global.faultRemediation.enabled"
 STAGE_VALUES = {
-    "monitor": "chart values global.faultQuarantine.enabled, global.nodeDrainer.enabled and "
-               "global.faultRemediation.enabled false",
-    "dry-run": "the three enabled, global.dryRun true",
-    "full": "the three enabled, global.dryRun false",
+    "monitor": "chart values %s false" % _ENABLED,
+    "dry-run": "chart values %s true, global.dryRun true" % _ENABLED,
+    "full": "chart values %s true, global.dryRun false" % _ENABLED,
 }
 
 

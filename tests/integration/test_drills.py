@@ -36,7 +36,7 @@ VOLATILE = {HC_PREFIX + "last-check", HC_PREFIX + "results"}
 # Controller bookkeeping that a rollout moves on (the same template gets a new revision number).
 REVISION = {"deployment.kubernetes.io/revision", "deployment.kubernetes.io/revision-history"}
 PHASES = ["preflight", "baseline", "shim-passthrough", "inject", "workload-fails", "detect", "quarantine",
-          "remove-shim", "drain", "reschedule", "recovery"]
+          "remove-shim", "drain", "remediation", "reschedule", "recovery"]
 GPU_NODES = ["gpu-node-0", "gpu-node-1", "gpu-node-2"]
 DRILL_LABEL = "fault-injection.gpu-resilience.io/drill"
 CLAIM_LABEL = "fault-injection.gpu-resilience.io/drill-claim"
