@@ -450,6 +450,35 @@ def node_gpus(node_name, count):
     return [(pci, minor, "GPU-" + u) for pci, minor, u in gpus]
 
 
+# An HGX board's NVSwitches (PCI bus of each) and how many NVLinks each GPU has to each: HGX H100's
+# four third-generation switches, 18 links per GPU split 5-4-4-5.
+NVSWITCH_BUSES = (0x05, 0x06, 0x07, 0x08)
+NVLINKS_PER_SWITCH = (5, 4, 4, 5)
+
+
+def node_nvswitches():
+    """The PCI addresses of a simulated GPU node's NVSwitches."""
+    return ["0000:%02x:00.0" % bus for bus in NVSWITCH_BUSES]
+
+
+def node_nvlinks(gpu_count):
+    """Per GPU (in PCI order), its NVLinks to the NVSwitches: [(link id, switch PCI, switch port)].
+
+    The GPU's links are numbered 0-17 switch by switch; on each switch, GPU i's k-th link lands on
+    port i * (its links to that switch) + k, so every port of a switch belongs to one GPU.
+    """
+    switches = node_nvswitches()
+    table = []
+    for i in range(gpu_count):
+        links, link_id = [], 0
+        for switch, per_gpu in zip(switches, NVLINKS_PER_SWITCH):
+            for k in range(per_gpu):
+                links.append((link_id, switch, (i % 8) * per_gpu + k))
+                link_id += 1
+        table.append(links)
+    return table
+
+
 def gpu_node_names(count):
     return ["gpu-node-%d" % i for i in range(count)]
 

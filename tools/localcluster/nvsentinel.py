@@ -86,16 +86,23 @@ def gpu_metadata(node_name, gpus_per_node, gpu_product, timestamp):
     """A node's gpu_metadata.json content, as metadata-collector writes it from NVML.
 
     GPU ids are NVML indexes (PCI order, as the node's inventory is ordered); PCI addresses are in
-    metadata-collector's normalised form (4-digit domain, lower case). What NVML would add and the
-    inventory does not hold is left as metadata-collector leaves it when NVML cannot tell: serial
-    numbers empty, no chassis serial, NUMA node -1, no NVLinks or NVSwitches.
+    metadata-collector's normalised form (4-digit domain, lower case). Each GPU's NVLinks to the
+    node's NVSwitches (the inventory's NVLink table, localcluster.node_nvlinks) are listed as
+    metadata-collector lists the links NVML reports active to a switch, with the switches'
+    addresses in nvswitches: NVSentinel finds the GPU behind an SXid's switch port there. What NVML
+    would add and the inventory does not hold is left as metadata-collector leaves it when NVML
+    cannot tell: serial numbers empty, no chassis serial, NUMA node -1.
     """
+    inventory = localcluster.node_gpus(node_name, gpus_per_node)
+    nvlinks = localcluster.node_nvlinks(len(inventory))
     gpus = [{"gpu_id": i, "uuid": gpu_uuid, "pci_address": pci.lower(), "serial_number": "",
-             "device_name": localcluster.gpu_model(gpu_product), "nvlinks": [], "numa_node": -1}
-            for i, (pci, _minor, gpu_uuid) in enumerate(localcluster.node_gpus(node_name, gpus_per_node))]
+             "device_name": localcluster.gpu_model(gpu_product), "numa_node": -1,
+             "nvlinks": [{"link_id": link, "remote_pci_address": switch, "remote_link_id": port}
+                         for link, switch, port in nvlinks[i]]}
+            for i, (pci, _minor, gpu_uuid) in enumerate(inventory)]
     return {"version": "1.0", "timestamp": timestamp, "node_name": node_name,
             "driver_version": localcluster.DRIVER_VERSION, "chassis_serial": None, "gpus": gpus,
-            "nvswitches": []}
+            "nvswitches": localcluster.node_nvswitches() if inventory else []}
 
 
 def write_gpu_metadata(runner_state, node_names, gpus_per_node, gpu_product):

@@ -90,6 +90,13 @@ def test_gpu_metadata_has_metadata_collectors_format_and_the_nodes_gpus(tmp_path
     assert [(g["gpu_id"], g["pci_address"], g["uuid"]) for g in meta["gpus"]] == \
         [(i, pci, u) for i, (pci, _m, u) in enumerate(inventory)]
     assert meta["gpus"][0]["device_name"] == "NVIDIA H100 80GB HBM3" and meta["node_name"] == "gpu-node-1"
+    # HGX H100: 18 NVLinks per GPU to four NVSwitches (5-4-4-5), every switch port one GPU's.
+    links = [(link["remote_pci_address"], link["remote_link_id"]) for g in meta["gpus"] for link in g["nvlinks"]]
+    assert len(links) == 8 * 18 and len(set(links)) == len(links)
+    assert meta["nvswitches"] == sorted({pci for pci, _port in links}) and len(meta["nvswitches"]) == 4
+    assert all(0 <= port < 64 for _pci, port in links)   # an NVSwitch has 64 ports
+    assert [link["link_id"] for link in meta["gpus"][3]["nvlinks"]] == list(range(18))
+    assert set(_go_json_fields("NVLink")) == set(meta["gpus"][0]["nvlinks"][0])
     assert meta["driver_version"] == lc.DRIVER_VERSION
     nvsentinel.write_gpu_metadata(str(tmp_path), ["gpu-node-1"], 8, "NVIDIA-H100-80GB-HBM3")
     with open(tmp_path / "nodes" / "gpu-node-1" / "host" / "var" / "lib" / "nvsentinel" / "gpu_metadata.json") as f:
