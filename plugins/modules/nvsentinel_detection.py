@@ -158,6 +158,17 @@ observed_at:
   returned: when every expected event was reported
   type: str
   sample: "2026-12-06T20:15:36.512Z"
+first_elapsed:
+  description: Seconds from the module's start to the API event in which the first expected report appeared
+    (NVSentinel publishes XID 79's two reports one after the other; its quarantine may come in between).
+  returned: when every expected event was reported
+  type: float
+  sample: 14.1
+first_observed_at:
+  description: The wall time (RFC 3339) of that API event - when NVSentinel first reported the fault.
+  returned: when every expected event was reported
+  type: str
+  sample: "2026-12-06T20:15:36.482Z"
 conditions:
   description: The node's conditions at the end.
   returned: always
@@ -207,6 +218,7 @@ class Detection(object):
         self.events_res = kube.resource(self.k8s, "v1", "Event")
         self.node = None
         self.events = {}
+        self.first = None   # (monotonic, wall) of the API event with the first expected report
         self.since = nvsentinel.parse_time(self.params["since"]) if self.params["since"] else time.time()
 
     def seen(self):
@@ -243,6 +255,8 @@ class Detection(object):
         try:
             while True:
                 seen = self.seen()[0]
+                if self.first is None and any(row["observed"] is not None for row in seen["rows"]):
+                    self.first = when or (time.monotonic(), time.time())
                 if nvsentinel.complete(seen):
                     break
                 remaining = deadline - time.monotonic()
@@ -286,6 +300,9 @@ class Detection(object):
             mono, wall = when or (time.monotonic(), time.time())
             out["elapsed"] = round(mono - self.started, 3)
             out["observed_at"] = drain.utc(wall)
+            mono, wall = self.first or (mono, wall)
+            out["first_elapsed"] = round(mono - self.started, 3)
+            out["first_observed_at"] = drain.utc(wall)
         return out
 
 
