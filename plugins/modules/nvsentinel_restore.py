@@ -84,8 +84,9 @@ options:
         type: str
         required: true
       scope:
-        description: C(Cluster) or C(Namespaced) (fault-remediation's objects of the chart are cluster-scoped).
+        description: Whether the objects are cluster-scoped (fault-remediation's objects of the chart are).
         type: str
+        choices: [Cluster, Namespaced]
         default: Cluster
   wait_timeout:
     description: Seconds to wait for NVSentinel to take the node back with I(release).

@@ -183,17 +183,18 @@ def rows(out):
 
 def test_all_xids_matches_nvsentinels_reports(stack, api_client):
     """A representative subset of all_xids.yml against NVSentinel (stage monitor, as the playbook
-    asks): a non-fatal XID (an Event), a GPU reset, XID 79's two conditions, an NVLink5 XID decoded
-    by driver branch, XID 154's action from its text, and a fatal SXid attributed through the
-    node's NVLink table."""
+    asks): a non-fatal XID (an Event), a GPU reset (COMPONENT_RESET: the node has GPU metadata),
+    XID 79's two conditions, an NVLink5 XID decoded by driver branch, and a fatal SXid attributed
+    to its GPU through the node's NVLink table. Every code costs up to one 15 s journal poll; the
+    whole catalog's run is in the README."""
     before = everything(api_client)
     # The playbook's NVSwitch port is GPU 0's first NVLink on the lane's nodes (localcluster.node_nvlinks).
-    extra = {"all_xids_node": NODE, "all_xids_detector": "nvsentinel", "all_xids_codes": "13,48,79,145,154",
+    extra = {"all_xids_node": NODE, "all_xids_detector": "nvsentinel", "all_xids_codes": "13,48,79,145",
              "all_xids_sxid_codes": "24007", "all_xids_nvsentinel_driver_version": "570.148.08"}
     rc, out, _recap = ansible_playbook("all_xids.yml", extra, timeout=900)
     assert rc == 0, out[-6000:]
     found = rows(out)
-    assert "6 XIDs and SXids, 0 mismatches" in out
+    assert "5 XIDs and SXids, 0 mismatches" in out
     assert found["13"].endswith("event NONE event NONE yes"), found
     assert found["79"].endswith("condition RESTART_BM + condition RESTART_BM condition RESTART_BM + condition "
                                 "RESTART_BM yes"), found
