@@ -379,6 +379,13 @@ def held(node):
     return bool(annotations.get(node_marks.QUARANTINE_IS_CORDONED_ANNOTATION))
 
 
+def handed_back(node):
+    """fault-quarantine has seen the node returned to service by hand (its
+    quarantinedNodeUncordonedManually annotation) and cancelled what NVSentinel had in progress."""
+    annotations = (node.get("metadata") or {}).get("annotations") or {}
+    return annotations.get(node_marks.UNCORDONED_MANUALLY_ANNOTATION) == node_marks.NVSENTINEL_TRUE
+
+
 def release_steps(node):
     """The node patches that hand a node fault-quarantine holds back to NVSentinel's own
     return-to-service: cordon it when it is not (dry-run), then uncordon it. [] when not held."""

@@ -25,7 +25,9 @@ description:
   - Stage monitor, or health events NVSentinel reports as non-fatal (which its rule sets do not
     quarantine), expect no mark at all.
   - Fails as soon as a node carries a mark the stage rules out (a cordon in dry-run, any mark in
-    monitor, state C(drain-failed) in full), naming it and who wrote it, and when the wait times out.
+    monitor, state C(drain-failed) in full), naming it and who wrote it, as soon as a node it saw
+    quarantined is handed back to service before the phase (fault-quarantine's
+    C(quarantinedNodeUncordonedManually): NVSentinel cancelled the rest), and when the wait times out.
   - Watches the nodes and the remediation objects (no polling); the time reported is that of the API
     event in which the node reached the phase. Started before the fault (C(async)), it times NVSentinel
     from the fault on.
@@ -182,6 +184,7 @@ class Phase(object):
             except kube.ResourceNotFoundError:
                 continue   # not served: nobody can create one
         self.nodes, self.objects, self.reached = {}, {}, {}
+        self.held = set()   # nodes seen held by fault-quarantine during the watch
 
     def state(self, name):
         objects = stages.remediation_objects(list(self.objects.values()), name, self.since)
@@ -196,6 +199,11 @@ class Phase(object):
             state = self.state(name)
             if state["forbidden"]:
                 return name, state["forbidden"][0]
+            if stages.held(self.nodes[name]):
+                self.held.add(name)
+            elif name in self.held and name not in self.reached and stages.handed_back(self.nodes[name]):
+                return name, "the node was handed back to service (uncordoned) before NVSentinel got this far: its " \
+                             "quarantine was cancelled"
             if state["done"] and name not in self.reached:
                 mono, wall = when
                 self.reached[name] = dict(elapsed=round(mono - self.started, 3), matched_at=drain.utc(wall),

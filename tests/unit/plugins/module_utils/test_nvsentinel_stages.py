@@ -206,6 +206,8 @@ def test_release_uncordons_a_held_node_and_cordons_first_in_dry_run():
     assert not stages.released(node(False, {STATE: "remediation-succeeded"}))
     assert not stages.released(node(False, {}, {"latestFaultRemediationState": "{}"}))
     assert stages.released(node(False, CORDON_LABELS, {"quarantinedNodeUncordonedManually": "True"}))
+    assert stages.handed_back(node(False, CORDON_LABELS, {"quarantinedNodeUncordonedManually": "True"}))
+    assert not stages.handed_back(node(True, CORDON_LABELS, HELD))
 
 
 def test_nvsentinel_events_are_platform_connectors_and_node_drainers():
