@@ -65,11 +65,12 @@ class Cluster:
         subprocess.run([os.path.join(ROOT, "tools", "local-cluster"), *args], check=True, env=self.env,
                        stdout=subprocess.DEVNULL)
 
-    def up(self, nodes):
-        """A fresh cluster with `nodes` GPU nodes (any earlier one in the same place is removed)."""
+    def up(self, nodes, *extra):
+        """A fresh cluster with `nodes` GPU nodes (any earlier one in the same place is removed); extra:
+        more options of `tools/local-cluster up` (--nvsentinel ...)."""
         self.local_cluster("down")
         started = time.monotonic()
-        self.local_cluster("up", "--nodes", str(nodes))
+        self.local_cluster("up", "--nodes", str(nodes), *extra)
         out = subprocess.run([os.path.join(ROOT, "tools", "local-cluster"), "env"], check=True, env=self.env,
                              capture_output=True, text=True).stdout
         for word in out.replace("export ", "").split():
@@ -90,6 +91,20 @@ class Cluster:
             sys.stderr.write(done.stdout[-6000:] + done.stderr[-3000:])
             raise SystemExit("ansible-playbook %s failed (exit %d)" % (name, done.returncode))
         return time.monotonic() - started
+
+    def module(self, name, args):
+        """Run one of the collection's modules on localhost (`ansible -m`); its result, which must not be failed."""
+        done = subprocess.run(["ansible", "localhost", "-m", "gpu_resilience.fault_injection." + name, "-a",
+                               json.dumps(args)], env=dict(self.env, ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
+                                                           ANSIBLE_STDOUT_CALLBACK="ansible.posix.json"),
+                              cwd=ROOT, capture_output=True, text=True, check=False)
+        try:
+            result = json.loads(done.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+        except (ValueError, KeyError, IndexError):
+            raise SystemExit("module %s gave no result (exit %d): %s" % (name, done.returncode, done.stderr[-3000:]))
+        if result.get("failed"):
+            raise SystemExit("module %s failed: %s" % (name, result.get("msg")))
+        return result
 
     def timed_drill(self, name, work, tag, *extra):
         """Run a drill playbook with the task clock (bench/callback_plugins/task_clock.py) and its reports in
@@ -210,8 +225,10 @@ def host():
             model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
     except OSError:
         pass
+    # How busy the (shared) machine was: the 1, 5 and 15 minute load averages when the results are written.
     return {"machine": platform.machine(), "cpus": cpus, "cpu_model": model,
-            "memory_gib": round(mem_kb / 1048576.0, 1), "python": platform.python_version()}
+            "memory_gib": round(mem_kb / 1048576.0, 1), "python": platform.python_version(),
+            "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
 def write_result(name, command, payload):

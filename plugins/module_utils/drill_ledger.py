@@ -18,6 +18,9 @@ Each entry has a ``type`` and the keys that identify what it is about:
   drill's self-check compares afterwards (``drill_verify.workload_state``);
 - ``faults``: ``drill`` (the GPUFault objects made for that drill id);
 - ``object``: ``api_version``, ``kind``, ``namespace`` (empty for cluster-scoped objects), ``name``;
+- ``nvsentinel``: ``node``, a node NVSentinel reacts to the drill's faults on; the cleanup waits
+  for NVSentinel, hands the node back and deletes what it made (role fault_cleanup: ``stage``,
+  ``namespace``, ``since``, ``records``, ``gpu_metadata``, ``remediation``);
 - ``note``: ``text``.
 
 An entry may carry more keys (what the cleanup needs to know); they are stored as given. An entry
@@ -53,13 +56,14 @@ MANAGED_BY = "gpu_resilience.fault_injection"
 DRILL_LABEL = "fault-injection.gpu-resilience.io/drill-ledger"
 AGENT_ROLE = "gpu_resilience.fault_injection.fault_injector_agent"
 
-ENTRY_TYPES = ("node", "shim_patch", "faults", "object", "note")
+ENTRY_TYPES = ("node", "shim_patch", "faults", "object", "nvsentinel", "note")
 # type -> the keys that say what the entry is about; two entries with the same values are one.
 IDENTITY_KEYS = {
     "node": ("node",),
     "shim_patch": ("api_version", "kind", "namespace", "name"),
     "faults": ("drill",),
     "object": ("api_version", "kind", "namespace", "name"),
+    "nvsentinel": ("node",),
     "note": ("text",),
 }
 # Identity keys that may be empty: cluster-scoped objects have no namespace, and cuda_shim_patch
@@ -131,7 +135,7 @@ def validate_entry(raw, number):
             raise LedgerError("%s has no %s (it needs %s)" % (where, key, ", ".join(required)))
         if not isinstance(value, str):
             raise LedgerError("%s: %s must be a string, got %r" % (where, key, value))
-    if kind == "node" and (len(entry["node"]) > 253 or not _NODE.match(entry["node"])):
+    if kind in ("node", "nvsentinel") and (len(entry["node"]) > 253 or not _NODE.match(entry["node"])):
         raise LedgerError("%s: %r is not a valid Kubernetes node name" % (where, entry["node"]))
     if kind == "faults":
         validate_drill(entry["drill"], "%s: drill" % where)
@@ -151,6 +155,8 @@ def describe_entry(entry):
     kind = entry["type"]
     if kind == "node":
         return "node %s" % entry["node"]
+    if kind == "nvsentinel":
+        return "NVSentinel on node %s" % entry["node"]
     if kind == "faults":
         return "the GPUFaults of drill %s" % entry["drill"]
     if kind == "note":

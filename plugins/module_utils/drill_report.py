@@ -12,7 +12,7 @@ float, or a string holding one). Internally every time is an integer number of m
 the epoch, so durations are exact; the reports give times in UTC (``...Z``) and durations in seconds.
 
 The summary measures the detection and remediation stack from the first ``inject`` event: the time
-to the first ``detect``, ``quarantine``, ``drain`` and ``recovery`` event (and to the last
+to the first ``detect``, ``quarantine``, ``drain``, ``remediation`` and ``recovery`` event (and to the last
 ``recovery``), over the whole drill and per node. A measure is ``None`` (JSON ``null``) when its
 event did not happen, or when nothing was injected.
 
@@ -37,7 +37,8 @@ import xml.etree.ElementTree as ET
 DRILL_ID = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
 STATUSES = ("passed", "failed", "skipped", "error")
 RESULTS = ("passed", "failed")
-EVENT_KINDS = ("inject", "detect", "quarantine", "drain", "evict", "reschedule", "recovery", "cleanup", "note")
+EVENT_KINDS = ("inject", "detect", "quarantine", "drain", "evict", "remediation", "reschedule", "recovery", "cleanup",
+               "note")
 FORMATS = ("junit", "json", "svg")
 PHASE_KEYS = ("name", "started", "finished", "status", "message", "node", "details")
 VERIFICATION_KEYS = ("checked", "differences")
@@ -46,7 +47,9 @@ VERIFICATION_CASE = "cluster-as-before"
 EVENT_KEYS = ("time", "node", "kind", "detail")
 # summary key -> the event kind it measures (from the first inject)
 MEASURES = (("time_to_detect", "detect"), ("time_to_quarantine", "quarantine"), ("time_to_drain", "drain"),
-            ("time_to_recover", "recovery"))
+            ("time_to_remediate", "remediation"), ("time_to_recover", "recovery"))
+# Measures only some detection stacks have (NVSentinel's fault-remediation): not "not seen" when absent.
+OPTIONAL_MEASURES = ("remediation",)
 JUNIT_CLASS_PREFIX = "gpu_resilience.drill."
 
 _RFC3339 = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?"
@@ -546,6 +549,7 @@ PHASE_COLORS = {"passed": ("#2e7d32", "#ffffff"), "failed": ("#c62828", "#ffffff
                 "skipped": ("#bdbdbd", "#212121"), "error": ("#ef6c00", "#212121")}
 RESULT_COLORS = {"passed": "#2e7d32", "failed": "#c62828"}
 EVENT_COLORS = {"inject": "#8e24aa", "detect": "#ffb300", "quarantine": "#d32f2f", "drain": "#1565c0",
+                "remediation": "#5e35b1",
                 "evict": "#6d4c41", "reschedule": "#00897b", "recovery": "#43a047", "cleanup": "#546e7a",
                 "note": "#757575"}
 LEGEND_KINDS = ("inject", "detect", "quarantine", "drain", "recovery")  # always shown; the others when used
@@ -640,6 +644,10 @@ def marker(parent, kind, x, y):
         _el(parent, "path", d="M%s %sL%s %sM%s %sL%s %s" % tuple(_num(v) for v in (
             x - 4.5, y - 4.5, x + 4.5, y + 4.5, x - 4.5, y + 4.5, x + 4.5, y - 4.5)),
             stroke=color, stroke_width="2.5", fill="none")
+    elif kind == "remediation":
+        _el(parent, "polygon", points=_poly([(x - 6, y - 3.5), (x, y - 7), (x + 6, y - 3.5), (x + 6, y + 3.5),
+                                             (x, y + 7), (x - 6, y + 3.5)]), fill=color, stroke="#ffffff",
+            stroke_width="0.8")
     elif kind == "reschedule":
         _el(parent, "polygon", points=_poly([(x - 5, y - 6), (x + 6.5, y), (x - 5, y + 6)]), fill=color,
             stroke="#ffffff", stroke_width="0.8")
@@ -821,6 +829,8 @@ def timeline_svg(report, width=SVG_WIDTH):
     parts = []
     for key, kind in MEASURES:
         value = summary[key]
+        if value is None and kind in OPTIONAL_MEASURES:
+            continue
         parts.append("%s %s" % (kind,
                                 "+%s s" % fmt_seconds(value) if value is not None else "not seen"))
     if summary["injected_at"] is None:

@@ -15,7 +15,9 @@ drill whose ledger is there (``fault_cleanup_verify_only``). What is compared, p
 - ``shim_patch``: the workload still exists, carries no shim record, and its pod templates hash to
   what the ledger recorded before the shim went in (:func:`workload_state`);
 - ``faults``: no GPUFault of the drill is left;
-- ``object``: the object the drill created is gone.
+- ``object``: the object the drill created is gone;
+- ``nvsentinel``: no remediation object fault-remediation made for the node since the drill's
+  faults, and no NVSentinel Event about the node since then, is left.
 
 Pure functions; the module ``drill_ledger_info`` (option ``verify``) reads what :func:`reads` asks
 for and calls :func:`compare`.
@@ -30,6 +32,7 @@ import json
 
 from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import drill_claims, drill_ledger
 from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import node_marks, node_restore, shim_patch
+from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import nvsentinel, nvsentinel_stages
 
 # The marks cleanup restores: node_marks_restore's default scope.
 SCOPE = node_restore.make_scope(keys=node_marks.NVSENTINEL_ANNOTATIONS)
@@ -63,7 +66,19 @@ def reads(ledger):
         "workloads": [e for e in entries if e["type"] == "shim_patch"],
         "faults": [e["drill"] for e in entries if e["type"] == "faults"],
         "objects": [e for e in entries if e["type"] == "object"],
+        "nvsentinel": [e for e in entries if e["type"] == "nvsentinel"],
     }
+
+
+def nvsentinel_left(entry, objects, events):
+    """What NVSentinel made about an nvsentinel entry's node since its ``since`` and is still there:
+    ``{objects: [Kind/name], events: [name]}``. objects: remediation objects of the entry's
+    resources; events: the Events of its namespace ``default``."""
+    since = nvsentinel.parse_time(entry["since"]) if entry.get("since") else None
+    made = nvsentinel_stages.remediation_objects(objects, entry["node"], since)
+    return {"objects": sorted("%s/%s" % (o.get("kind"), o["metadata"]["name"]) for o in made),
+            "events": sorted(e["metadata"]["name"] for e in nvsentinel_stages.nvsentinel_events(events, entry["node"],
+                                                                                               since))}
 
 
 # --- the comparison ---------------------------------------------------------------------------------
@@ -72,9 +87,9 @@ def compare(ledger, observed, claims=()):
     """{checked: [what was compared, in words], differences: [{object, field, before, now, text}]}.
 
     observed: {nodes: {name: node or None}, workloads: {identity: object or None}, faults: {drill:
-    [names left]}, objects: {identity: object or None}} (identity: drill_ledger.identity of the
-    entry); claims: every claim in the namespace (drill_claims.parse), to tell whose hands a node
-    is in now.
+    [names left]}, objects: {identity: object or None}, nvsentinel: {node: nvsentinel_left()}}
+    (identity: drill_ledger.identity of the entry); claims: every claim in the namespace
+    (drill_claims.parse), to tell whose hands a node is in now.
     """
     drill = ledger.get("drill")
     claimed = dict((c["target"]["name"], c["drill"]) for c in claims
@@ -96,6 +111,14 @@ def compare(ledger, observed, claims=()):
                 differences.append(difference("the GPUFaults of drill %s" % entry["drill"], "objects", [], left,
                                               "%d GPUFault(s) of drill %s are left: %s"
                                               % (len(left), entry["drill"], ", ".join(left))))
+        elif kind == "nvsentinel":
+            where = "NVSentinel on node %s" % entry["node"]
+            checked.append("%s (its remediation objects and Events since the fault)" % where)
+            left = (observed.get("nvsentinel") or {}).get(entry["node"]) or {"objects": [], "events": []}
+            for field, noun in (("objects", "remediation object(s)"), ("events", "Event(s)")):
+                if left[field]:
+                    differences.append(difference(where, field, [], left[field], "%s: %d %s of the drill left: %s" % (
+                        where, len(left[field]), noun, ", ".join(left[field]))))
         elif kind == "object":
             where = _where(entry)
             checked.append("%s (deleted)" % where)

@@ -39,7 +39,9 @@ DEFAULT_IGNORE = ("gpu-healthcheck.aws-samples.io/last-check", "gpu-healthcheck.
 UNSCHEDULABLE_TAINT = "node.kubernetes.io/unschedulable"
 SNAPSHOT_KEYS = ("unschedulable", "taints", "labels", "annotations", "resourceVersion")
 TAINT_FIELDS = ("key", "value", "effect", "timeAdded")
-CONDITION_FIELDS = ("type", "status", "reason")
+# A condition's message and transition time too: a detector's conditions (NVSentinel's) are put
+# back from the snapshot after a drill, whole.
+CONDITION_FIELDS = ("type", "status", "reason", "message", "lastTransitionTime")
 SCOPE_KEYS = ("prefixes", "keys", "ignore", "unschedulable", "taints")
 
 
@@ -54,8 +56,9 @@ def snapshot(node):
 
     ``{unschedulable, taints, labels, annotations, conditions, resourceVersion, uid}``: all labels,
     annotations and taints (the scope is chosen when restoring, so nothing is left out here), taints
-    with only their API fields, and each condition's type, status and reason (conditions are the
-    kubelet's and the detectors' to set: they are compared after a drill, never restored).
+    with only their API fields, and each condition's type, status, reason, message and transition
+    time (conditions are the kubelet's and the detectors' to set: the self-check compares them, and
+    only NVSentinel's are put back, by nvsentinel_restore).
     """
     metadata = node.get("metadata") or {}
     spec = node.get("spec") or {}

@@ -136,6 +136,14 @@ def gpu_metadata(gpus, driver_version="", nvswitch_ports=()):
     return {"driver_version": driver_version or "", "gpus": out}
 
 
+def expectation(records, metadata=None):
+    """(the health events the catalog expects NVSentinel to publish for records exactly as the fault
+    agent wrote them to /dev/kmsg, the records that would stall its syslog monitor); ValueError on
+    records the catalog cannot read."""
+    messages = [xid_catalog.journal_message(record)[1] for record in records]
+    return xid_catalog.nvsentinel_events(messages, metadata), xid_catalog.nvsentinel_stalls(messages, metadata)
+
+
 # --- what NVSentinel wrote ------------------------------------------------------------------------
 
 def parse_message(message):
@@ -344,6 +352,23 @@ def recent_events(events, since):
     """The Events not older than since (seconds since the epoch; Event times have whole seconds)."""
     floor = int(since) if since is not None else None
     return [event for event in events if floor is None or (event_time(event) or time.time()) >= floor]
+
+
+def findings(seen):
+    """(the expected events found, one sentence per difference) of an observe() result. Each found is
+    ``{check, signal, error_codes, action, detail}``, detail ``SysLogsXIDError condition ErrorCode 79
+    RESTART_BM``; a difference ``SysLogsXIDError condition 79 RESTART_BM: Recommended Action ...``."""
+    found, problems = [], []
+    for row in seen["rows"]:
+        if row["observed"] is not None:
+            entry = row["observed"]
+            found.append({"check": row["expected"]["check"], "signal": row["signal"], "error_codes": entry["error_codes"],
+                          "action": entry["action"], "detail": "%s %s ErrorCode %s %s" % (
+                              row["expected"]["check"], row["signal"], ",".join(entry["error_codes"]), entry["action"])})
+        problems += ["%s: %s" % (describe(row["expected"]), problem) for problem in row["problems"]]
+    problems += ["also %s %s ErrorCode %s %s" % (item["check"], item["signal"], ",".join(item["entry"]["error_codes"]),
+                                                item["entry"]["action"]) for item in seen["extra"]]
+    return found, problems
 
 
 def describe(expected):

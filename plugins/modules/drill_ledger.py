@@ -23,7 +23,7 @@ description:
     JSON object with C(version) (1), C(drill), C(created) (RFC 3339), C(meta) and C(entries).
   - For a C(node) entry the module reads the node and stores its state before the drill in the
     entry's C(before) - C(unschedulable), C(taints), C(labels), C(annotations), C(conditions) (type,
-    status, reason), C(resourceVersion) and C(uid) - the format that
+    status, reason, message, lastTransitionTime), C(resourceVersion) and C(uid) - the format that
     M(gpu_resilience.fault_injection.node_marks_restore) restores. The first record of a node wins;
     a later entry for the same node adds nothing, so the record stays the state before the drill.
   - Every write is conditional on the ConfigMap's C(resourceVersion); when someone else changed the
@@ -84,6 +84,9 @@ options:
       - C(faults) - C(drill), the drill id of the GPUFault objects.
       - C(object) - C(api_version), C(kind), C(namespace) (empty for a cluster-scoped object),
         C(name) of any object the drill creates or changes.
+      - C(nvsentinel) - C(node), a node NVIDIA NVSentinel reacts to the drill's faults on, with what
+        role C(fault_cleanup) needs to hand it back (C(stage), C(namespace), C(since), C(records),
+        C(gpu_metadata), C(remediation)).
       - C(note) - C(text).
       - An entry whose type and these keys are already recorded is not added again (also when its
         other keys differ). The ledger adds C(seq) and C(recorded) to each entry.

@@ -54,13 +54,16 @@ options:
         again counts as none); per C(shim_patch) entry, that the workload exists without the CUDA
         shim and with the pod templates it had;
         per C(faults) entry, that no GPUFault of the drill is left; per C(object) entry, that the
-        object is gone.
+        object is gone; per C(nvsentinel) entry, that no remediation object NVIDIA NVSentinel's
+        fault-remediation made for the node since the drill's faults, and no NVSentinel Event about
+        the node since then, is left.
     type: bool
     default: false
 notes:
   - Needs C(list) on C(configmaps) and on C(leases) (API group C(coordination.k8s.io)) in I(namespace).
   - With I(verify), also C(get) (C(list) for more than five) on C(nodes), C(get) on the workloads and
-    objects of the ledgers, and C(list) on C(gpufaults) in I(namespace).
+    objects of the ledgers, and C(list) on C(gpufaults) in I(namespace); for C(nvsentinel) entries,
+    C(list) on C(events) in namespace C(default) and on fault-remediation's resources.
 seealso:
   - module: gpu_resilience.fault_injection.drill_ledger
   - module: gpu_resilience.fault_injection.node_marks_restore
@@ -187,6 +190,7 @@ def observe(k8s, namespace, ledgers):
             api_version = entry.get("api_version") or shim_patch.default_api_version(entry["kind"])
             where[key] = kube.get(k8s, kube.resource(k8s, api_version, entry["kind"]), entry["name"],
                                   entry.get("namespace") or None)
+    observed["nvsentinel"] = nvsentinel_left(k8s, [e for w in wanted for e in w["nvsentinel"]])
     drills = sorted(set(d for w in wanted for d in w["faults"]))
     if drills:
         try:
@@ -197,6 +201,21 @@ def observe(k8s, namespace, ledgers):
             items = kube.list_objects(k8s, faults, namespace, "%s=%s" % (fault_api.DRILL_LABEL, drill))[0] if faults else []
             observed["faults"][drill] = sorted(o["metadata"]["name"] for o in items)
     return observed
+
+
+def nvsentinel_left(k8s, entries):
+    """{node: drill_verify.nvsentinel_left()} for nvsentinel entries: their remediation objects and the
+    Events of namespace default (where NVSentinel writes them), read once."""
+    if not entries:
+        return {}
+    events, _version = kube.list_objects(k8s, kube.resource(k8s, "v1", "Event"), "default")
+    objects = []
+    for item in sorted(set((r["api_version"], r["kind"]) for e in entries for r in e.get("remediation") or [])):
+        try:
+            objects += kube.list_objects(k8s, kube.resource(k8s, item[0], item[1]))[0]
+        except KubeError:   # not served: none can be left
+            continue
+    return dict((e["node"], drill_verify.nvsentinel_left(e, objects, events)) for e in entries)
 
 
 def verify(k8s, namespace, ledgers, claims):

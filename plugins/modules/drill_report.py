@@ -105,7 +105,7 @@ options:
         description: What happened.
         type: str
         required: true
-        choices: [inject, detect, quarantine, drain, evict, reschedule, recovery, cleanup, note]
+        choices: [inject, detect, quarantine, drain, evict, remediation, reschedule, recovery, cleanup, note]
       detail:
         description: A short description, e.g. C(XID 79 on GPU 2) or C(cordoned by NVSentinel).
         type: str
@@ -265,6 +265,10 @@ summary:
       description: From the first C(inject) event to the first C(drain) event.
       type: float
       sample: 5.0
+    time_to_remediate:
+      description: From the first C(inject) event to the first C(remediation) event (NVSentinel's fault-remediation).
+      type: float
+      sample: 0.7
     time_to_recover:
       description: From the first C(inject) event to the first C(recovery) event.
       type: float

@@ -131,6 +131,18 @@ mismatches:
   returned: always
   type: int
   sample: 0
+found:
+  description: Each expected event found - C(check), C(signal), C(error_codes), C(action) and C(detail) (those in a line).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{check: SysLogsXIDError, signal: condition, error_codes: ["79"], action: RESTART_BM,
+            detail: SysLogsXIDError condition ErrorCode 79 RESTART_BM}]
+problems:
+  description: One sentence per difference from the catalog (a missing, different or extra report).
+  returned: always
+  type: list
+  elements: str
 matched:
   description: True when every expected event was reported as expected and nothing else was.
   returned: always
@@ -146,6 +158,17 @@ observed_at:
   returned: when every expected event was reported
   type: str
   sample: "2026-12-06T20:15:36.512Z"
+first_elapsed:
+  description: Seconds from the module's start to the API event in which the first expected report appeared
+    (NVSentinel publishes XID 79's two reports one after the other; its quarantine may come in between).
+  returned: when every expected event was reported
+  type: float
+  sample: 14.1
+first_observed_at:
+  description: The wall time (RFC 3339) of that API event - when NVSentinel first reported the fault.
+  returned: when every expected event was reported
+  type: str
+  sample: "2026-12-06T20:15:36.482Z"
 conditions:
   description: The node's conditions at the end.
   returned: always
@@ -161,7 +184,7 @@ events:
 import queue
 import time
 
-from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import drain, kube, nvsentinel, xid_catalog
+from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import drain, kube, nvsentinel
 from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils.kube import KubeError
 
 
@@ -179,9 +202,7 @@ def argument_spec():
 
 def expectation(params):
     """(expected events, stalled records) for the records as journald stores them; ValueError on bad input."""
-    messages = [xid_catalog.journal_message(record)[1] for record in params["records"]]
-    return (xid_catalog.nvsentinel_events(messages, params["gpu_metadata"]),
-            xid_catalog.nvsentinel_stalls(messages, params["gpu_metadata"]))
+    return nvsentinel.expectation(params["records"], params["gpu_metadata"])
 
 
 class Detection(object):
@@ -197,6 +218,7 @@ class Detection(object):
         self.events_res = kube.resource(self.k8s, "v1", "Event")
         self.node = None
         self.events = {}
+        self.first = None   # (monotonic, wall) of the API event with the first expected report
         self.since = nvsentinel.parse_time(self.params["since"]) if self.params["since"] else time.time()
 
     def seen(self):
@@ -233,6 +255,8 @@ class Detection(object):
         try:
             while True:
                 seen = self.seen()[0]
+                if self.first is None and any(row["observed"] is not None for row in seen["rows"]):
+                    self.first = when or (time.monotonic(), time.time())
                 if nvsentinel.complete(seen):
                     break
                 remaining = deadline - time.monotonic()
@@ -268,13 +292,17 @@ class Detection(object):
 
     def result(self, when):
         seen, conditions, events = self.seen()
+        found, problems = nvsentinel.findings(seen)
         out = dict(changed=False, expected=self.expected, rows=seen["rows"], extra=seen["extra"],
-                   mismatches=seen["mismatches"], matched=seen["mismatches"] == 0, conditions=conditions,
-                   events=events)
+                   mismatches=seen["mismatches"], matched=seen["mismatches"] == 0, found=found, problems=problems,
+                   conditions=conditions, events=events)
         if nvsentinel.complete(seen) and not self.module.check_mode:
             mono, wall = when or (time.monotonic(), time.time())
             out["elapsed"] = round(mono - self.started, 3)
             out["observed_at"] = drain.utc(wall)
+            mono, wall = self.first or (mono, wall)
+            out["first_elapsed"] = round(mono - self.started, 3)
+            out["first_observed_at"] = drain.utc(wall)
         return out
 
 

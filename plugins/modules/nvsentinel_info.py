@@ -21,6 +21,13 @@ description:
     (C(fault_injector_agent_record_form)); journald stores such a record's leading C(NVRM:) as
     C(SYSLOG_IDENTIFIER), so NVSentinel, which matches C(NVRM:) followed by C(Xid) in the journal's C(MESSAGE),
     would see none of them. The form is read from each agent's Lease.
+  - Reads which of fault-quarantine, node-drainer and fault-remediation NVSentinel runs and with
+    which C(--dry-run) setting (from the Deployments its chart rendered), so the stage it runs in
+    (C(monitor), C(dry-run), C(full); see C(docs/nvsentinel.md), "Stages"), fault-quarantine's
+    circuit breaker, and fault-remediation's remediation resource per recommended action (its
+    ConfigMap). With I(stage), fails when NVSentinel runs another stage (naming what it runs and
+    the chart values that make each stage), when a component of the stage has no ready replica, or
+    when the circuit breaker is tripped (nothing would be quarantined).
   - Never changes anything.
 author:
   - GPU Resilience maintainers (@gpu-resilience)
@@ -45,6 +52,11 @@ options:
     type: list
     elements: str
     default: []
+  stage:
+    description:
+      - The stage the drill expects NVSentinel to run in; omitted, the stage is reported, not checked.
+    type: str
+    choices: [monitor, dry-run, full]
   agent_namespace:
     description: The namespace of the fault agents (role C(fault_injector_agent)).
     type: str
@@ -113,6 +125,27 @@ record_forms:
   returned: always
   type: dict
   sample: {gpu-node-1: journald}
+stage:
+  description: The stage NVSentinel runs in, from its Deployments; null for a mix that is none of the three.
+  returned: always
+  type: str
+  sample: full
+components:
+  description: Per component (C(fault-quarantine), C(node-drainer), C(fault-remediation)) that is deployed -
+    C(deployment), C(replicas), C(ready), C(dry_run).
+  returned: always
+  type: dict
+  sample: {fault-quarantine: {deployment: fault-quarantine, replicas: 1, ready: 1, dry_run: false}}
+remediation:
+  description: fault-remediation's remediation resource per recommended action (empty when it is not deployed).
+  returned: always
+  type: dict
+  sample: {RESTART_BM: {api_version: janitor.dgxc.nvidia.com/v1alpha1, kind: RebootNode, scope: Cluster}}
+circuit_breaker:
+  description: The status of fault-quarantine's circuit breaker (C(CLOSED), C(TRIPPED)), null when it has none.
+  returned: always
+  type: str
+  sample: CLOSED
 gpu_metadata:
   description:
     - Per node, the GPU metadata NVSentinel's metadata-collector would write for it, from its fault
@@ -127,12 +160,14 @@ gpu_metadata:
 import datetime
 
 from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import injection, kube, nvsentinel
+from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils import nvsentinel_stages as stages
 from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils.kube import KubeError
 
 
 def argument_spec():
     return dict(namespace=dict(type="str", default="nvsentinel"),
                 nodes=dict(type="list", elements="str", default=[]),
+                stage=dict(type="str", choices=list(stages.STAGES)),
                 agent_namespace=dict(type="str", default="gpu-fault-injection"),
                 driver_version=dict(type="str", default=""),
                 nvswitch_ports=dict(type="list", elements="dict", default=[], options=dict(
@@ -165,6 +200,29 @@ def record_forms(states):
     return forms
 
 
+def remediation_config(k8s, namespace, found):
+    """fault-remediation's remediation resources, from the ConfigMap its Deployment mounts."""
+    info = found.get(stages.FAULT_REMEDIATION)
+    if not info:
+        return {}
+    deployment = kube.get(k8s, kube.resource(k8s, "apps/v1", "Deployment"), info["deployment"], namespace)
+    volumes = (((deployment or {}).get("spec") or {}).get("template", {}).get("spec") or {}).get("volumes") or []
+    for name in [v["configMap"]["name"] for v in volumes if (v.get("configMap") or {}).get("name")]:
+        config_map = kube.get(k8s, kube.resource(k8s, "v1", "ConfigMap"), name, namespace) or {}
+        text = (config_map.get("data") or {}).get(stages.REMEDIATION_CONFIG_KEY)
+        if text and "remediationActions" in text:
+            return stages.remediation_resources(text)
+    return {}
+
+
+def stage_info(k8s, namespace):
+    """(components, stage, remediation resources, the circuit-breaker ConfigMap or None)."""
+    deployments, _version = kube.list_objects(k8s, kube.resource(k8s, "apps/v1", "Deployment"), namespace)
+    found = stages.components(deployments)
+    breaker = kube.get(k8s, kube.resource(k8s, "v1", "ConfigMap"), stages.BREAKER_CONFIG_MAP, namespace)
+    return found, stages.deployed_stage(found), remediation_config(k8s, namespace, found), breaker
+
+
 def main():
     module = kube.module(argument_spec(), supports_check_mode=True)
     params = module.params
@@ -181,12 +239,18 @@ def main():
             forms = record_forms(states)
             metadata = dict((node, nvsentinel.gpu_metadata(state["inventory"], params["driver_version"],
                                                            params["nvswitch_ports"])) for node, state in states.items())
-    except (KubeError, nvsentinel.NVSentinelError) as e:
+        found, stage, remediation, breaker = stage_info(k8s, params["namespace"])
+        problems = stages.stage_problems(params["stage"], found, params["namespace"], breaker) if params["stage"] else []
+    except (KubeError, nvsentinel.NVSentinelError, stages.StageError) as e:
         module.fail_json(msg=str(e), changed=False)
     findings = nvsentinel.version_findings(info)
-    kube.finish(module, dict(changed=False, version=list(info["version"]) if info["version"] else None,
-                             image=info["image"], daemonset=name, findings=findings, record_forms=forms,
-                             gpu_metadata=metadata), findings)
+    result = dict(changed=False, version=list(info["version"]) if info["version"] else None,
+                  image=info["image"], daemonset=name, findings=findings, record_forms=forms,
+                  gpu_metadata=metadata, stage=stage, components=found, remediation=remediation,
+                  circuit_breaker=((breaker or {}).get("data") or {}).get("status"))
+    if problems:
+        module.fail_json(msg="NVSentinel cannot run this drill as asked: %s." % "; ".join(problems), **result)
+    kube.finish(module, result, findings)
 
 
 if __name__ == "__main__":

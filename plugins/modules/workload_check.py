@@ -427,6 +427,12 @@ finished:
   returned: always
   type: str
   sample: "2026-11-22T18:20:03.412301Z"
+finished_at:
+  description: The same as I(finished), under a name that M(ansible.builtin.async_status) leaves alone (it sets its
+    own C(finished)) when the module runs in the background.
+  returned: always
+  type: str
+  sample: "2026-11-22T18:20:03.412301Z"
 elapsed:
   description: Seconds from the start to I(finished).
   returned: always
@@ -707,6 +713,7 @@ class WorkloadCheck:
             url_probe=url_probe,
             started=self.started_wall,
             finished=self.finished_wall,
+            finished_at=self.finished_wall,
             elapsed=round(self.finished - self.started, 3),
             rounds=self.rounds,
         )

@@ -1,21 +1,24 @@
-"""nvsentinel_detection and nvsentinel_info against the local control plane.
+"""nvsentinel_detection, nvsentinel_restore and nvsentinel_info on outcomes the real NVSentinel gives
+only when it is set up otherwise than the drill expects.
 
-The chain is real up to NVSentinel's platform-connectors: the records are the ones the fault agent
-writes for an XID (the catalog renders them for the agent: test_gpu_xid_inject.py shows they land);
-tests/nvsentinel_compat runs NVSentinel's own syslog-health-monitor and platform-connectors code
-over exactly those records (as journald stores them); and the test writes what platform-connectors
-wrote, the node conditions and the Kubernetes Event, to the node through the API server while the
-module watches. That write is a stand-in for platform-connectors until NVSentinel runs on the local
-control plane. nvsentinel_info reads a DaemonSet that only carries NVSentinel's image name (a
-stand-in for its chart's DaemonSet) and the fault agents' Leases (none deployed here; the record
-form check is unit-tested).
+The real NVSentinel runs in tests/nvsentinel: there the drills (test_nvsentinel_drills.py) watch
+its reports match the catalog and hand its nodes back, and all_xids.yml compares them code by code.
+What stays here is what a correctly deployed NVSentinel cannot show: a report that differs from
+the catalog (NVSentinel without GPU metadata, while the drill expects it), the restore's check and
+diff modes on a node full of NVSentinel's conditions, the refusals, and a release older than
+v1.14.0. The reports are still NVSentinel's own: tests/nvsentinel_compat runs its
+syslog-health-monitor and platform-connectors code over exactly the records the fault agent writes
+(as journald stores them), and the test writes what platform-connectors wrote, the node conditions
+and the Kubernetes Event, to the node through the API server while the module watches (a stand-in
+for platform-connectors' write). nvsentinel_info reads a DaemonSet that only carries NVSentinel's
+image name (a stand-in for its chart's DaemonSet, with a release tag the lane's does not have) and
+the fault agents' Leases (none deployed here; the record form check is unit-tested).
 
 Everything written is removed: the conditions (a strategic-merge delete), the Events, the stand-in
 namespace.
 """
 import datetime
 import json
-import threading
 import uuid
 
 import pytest
@@ -96,32 +99,6 @@ def _now():
 def conditions(core):
     return [{"type": c.type, "status": c.status, "reason": c.reason, "message": c.message}
             for c in core.read_node(NODE).status.conditions]
-
-
-def detect_while(args, act):
-    """Run nvsentinel_detection in a thread, call act() once it watches, return its result."""
-    result = {}
-    thread = threading.Thread(target=lambda: result.update(ansible_module(DETECT, args)))
-    thread.start()
-    act()
-    thread.join(180)
-    assert not thread.is_alive()
-    return result
-
-
-@pytest.mark.parametrize("xid,signal", [(48, "condition"), (13, "event")])
-def test_detection_matches_nvsentinels_report(core, decide, node_marks, xid, signal):
-    records = written(xid)
-    startup, decided = decide(records, METADATA)
-    platform_connectors_writes(core, node_marks, startup)  # the conditions NVSentinel keeps on every node
-    args = {"node": NODE, "records": records, "gpu_metadata": METADATA, "since": _now(),
-            "baseline": conditions(core), "wait_timeout": 90}
-    result = detect_while(args, lambda: platform_connectors_writes(core, node_marks, decided))
-    assert not result.get("failed"), result.get("msg")
-    assert result["matched"] and result["mismatches"] == 0, result["rows"]
-    assert [row["signal"] for row in result["rows"]] == [signal]
-    assert result["rows"][0]["observed"]["action"] == result["expected"][0]["action"]
-    assert result["elapsed"] > 0 and result["observed_at"]
 
 
 def test_a_different_report_is_named_not_failed(core, decide, node_marks):

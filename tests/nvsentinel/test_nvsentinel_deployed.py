@@ -22,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(ROOT, "plugins", "module_utils"))
 sys.path.insert(0, os.path.join(ROOT, "tools", "localcluster"))
 import nvsentinel  # noqa: E402
+import nvsentinel_source  # noqa: E402
 import xid_catalog  # noqa: E402
 
 NS = nvsentinel.NAMESPACE
@@ -80,10 +81,12 @@ def node_events(core, node):
 
 
 @pytest.fixture()
-def restore(api_client, core, custom):
-    """Snapshots a node; afterwards puts it back with the collection's own modules: node_marks_restore
-    (cordon, NVSentinel's labels and annotations) and nvsentinel_restore (its conditions and Events),
-    after deleting fault-remediation's RebootNode."""
+def restore(api_client, core):
+    """Snapshots a node; afterwards puts it back with the collection's own modules, as a drill's
+    cleanup does: nvsentinel_restore hands the node back from NVSentinel (its uncordon cancels what
+    NVSentinel had in progress, such as fault-remediation's requeued second XID 79 event), deletes
+    fault-remediation's RebootNode and puts NVSentinel's conditions and Events back; then
+    node_marks_restore (cordon, NVSentinel's labels and annotations)."""
     taken = {}
 
     def snapshot(name):
@@ -95,18 +98,16 @@ def restore(api_client, core, custom):
 
     yield snapshot
     for name, (before, raw, since, events) in taken.items():
-        for obj in custom.list_cluster_custom_object(*REBOOT)["items"]:
-            if obj["spec"].get("nodeName") == name:
-                custom.delete_cluster_custom_object(*REBOOT, obj["metadata"]["name"])
+        handed_back = ansible_module("gpu_resilience.fault_injection.nvsentinel_restore", {
+            "node": name, "baseline": raw["status"].get("conditions") or [], "events_since": since, "release": True,
+            "remediation": [{"api_version": "/".join(REBOOT[:2]), "kind": "RebootNode"}]})
+        assert not handed_back.get("failed"), handed_back
         marks_back = ansible_module("gpu_resilience.fault_injection.node_marks_restore", {
             "name": name, "before": {"unschedulable": bool(before.spec.unschedulable),
                                      "taints": raw["spec"].get("taints") or [],
                                      "labels": raw["metadata"].get("labels") or {},
                                      "annotations": raw["metadata"].get("annotations") or {}}})
         assert not marks_back.get("failed"), marks_back
-        conditions_back = ansible_module("gpu_resilience.fault_injection.nvsentinel_restore", {
-            "node": name, "baseline": raw["status"].get("conditions") or [], "events_since": since})
-        assert not conditions_back.get("failed"), conditions_back
         wait_until(lambda: marks(core.read_node(name)) == marks(before)
                    and {e.metadata.name for e in node_events(core, name)} == events, 30, "%s as before the test" % name)
 
@@ -133,11 +134,11 @@ def test_nvsentinel_runs_as_its_chart_deploys_it(nvsentinel_cluster, core, api_c
         entry = index[pod.metadata.uid]
         image = pod.spec.containers[0].image
         binary = image.rsplit("/", 1)[1].split(":")[0]
-        assert image.endswith(":" + nvsentinel.versions()["NVSENTINEL_COMMIT"])
+        assert image.endswith(":" + nvsentinel_source.versions()["NVSENTINEL_COMMIT"])
         pid = entry["containers"][pod.spec.containers[0].name]["pid"]
         exe = os.path.realpath("/proc/%d/exe" % pid)
         assert os.path.basename(exe) == binary and os.path.basename(os.path.dirname(exe)).startswith(
-            nvsentinel.versions()["NVSENTINEL_COMMIT"]), exe
+            nvsentinel_source.versions()["NVSENTINEL_COMMIT"]), exe
         # The chart's ServiceAccount of each component; syslog-health-monitor gets none (it only
         # talks to platform-connectors' socket), so it runs as the namespace's default.
         assert pod.spec.service_account_name == ("default" if binary == "syslog-health-monitor" else binary)

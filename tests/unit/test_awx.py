@@ -259,13 +259,15 @@ def test_docs_name_every_survey_variable():
 def test_the_brief_variables_are_asked():
     expected = {
         "xid79_e2e": {"fault_scenario_workload_kind", "fault_scenario_workload_name", "fault_scenario_workload_namespace",
-                      "fault_scenario_target_node", "fault_scenario_gpu", "fault_scenario_detector", "fault_scenario_drain",
+                      "fault_scenario_target_node", "fault_scenario_gpu", "fault_scenario_detector",
+                      "fault_scenario_nvsentinel_stage", "fault_scenario_drain",
                       "fault_scenario_check", "fault_scenario_check_url", "fault_scenario_check_port",
                       "fault_scenario_report_dir", "fault_scenario_allowed_namespaces", "fault_scenario_max_nodes",
                       "fault_scenario_confirm"},
         "fleet_drill": {"fault_scenario_xid", "fault_scenario_node_selector", "fault_scenario_node_count",
                         "fault_scenario_node_percent", "fault_scenario_max_nodes", "fault_scenario_max_percent",
-                        "fault_scenario_detector", "fault_scenario_confirm", "fault_scenario_report_dir"},
+                        "fault_scenario_detector", "fault_scenario_nvsentinel_stage", "fault_scenario_confirm",
+                        "fault_scenario_report_dir"},
         "all_xids": {"all_xids_node", "all_xids_codes", "all_xids_detector"},
         "cleanup": {"fault_cleanup_drill", "fault_cleanup_ledger_namespace", "fault_cleanup_verify_only"},
         "demo_workload": {"demo_workload_state", "demo_workload_namespace", "demo_workload_replicas"},
@@ -805,3 +807,14 @@ def test_configure_awx_without_verification_stores_no_ca(fake_awx, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert fake_awx.one("credentials", name="GPU cluster")["inputs"] == {
         "host": SETTINGS["awx_k8s_host"], "bearer_token": SETTINGS["awx_k8s_bearer_token"], "verify_ssl": False}
+
+
+def test_detector_choices_are_the_roles_and_nvsentinels_stages_are_asked_beside_them():
+    spec = load_yaml(os.path.join(ROOT, "roles", "fault_scenario", "meta", "argument_specs.yml"))
+    options = spec["argument_specs"]["main"]["options"]
+    for name in ("xid79_e2e", "fleet_drill"):
+        questions = survey_questions(name)
+        assert questions["fault_scenario_detector"]["choices"] == options["fault_scenario_detector"]["choices"]
+        assert questions["fault_scenario_nvsentinel_stage"]["choices"] == options["fault_scenario_nvsentinel_stage"]["choices"]
+        assert questions["fault_scenario_nvsentinel_stage"]["default"] == options["fault_scenario_nvsentinel_stage"]["default"]
+    assert survey_questions("all_xids")["all_xids_detector"]["choices"] == ["gpu_healthcheck", "nvsentinel"]

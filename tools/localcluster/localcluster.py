@@ -1,6 +1,7 @@
 """A real Kubernetes control plane on loopback, with simulated GPU nodes, for tests and demos.
 
     localcluster.py --bin-dir DIR up [--nodes N] [--cpu-nodes M] [--journal] [--nvsentinel]
+                                     [--nvsentinel-stage monitor|dry-run|full]
                                                    start (or converge) the cluster
     localcluster.py down                           stop everything, delete its state
     localcluster.py status | env | restart-runner
@@ -25,6 +26,8 @@ in cluster.json: a later `up` without it keeps the bridge running; `down` stops 
 --nvsentinel runs NVIDIA NVSentinel on the cluster, built from source and deployed by its own
 chart (nvsentinel.py), with its PostgreSQL as one more process of the cluster (postgresql.py) and
 the node journals it reads (so it implies --journal). It is kept in cluster.json like --journal.
+--nvsentinel-stage says what NVSentinel may do (nvsentinel.STAGES: monitor, dry-run, full, the
+default); `up --nvsentinel --nvsentinel-stage S` on a running cluster redeploys it in stage S.
 
 Image-mode pods (podrunner.py) are configured by the *.json files in <state>/image-maps/
 (LOCALCLUSTER_IMAGE_MAPS in `env`); they need Debian's iproute2, journals need
@@ -448,6 +451,35 @@ def node_gpus(node_name, count):
     return [(pci, minor, "GPU-" + u) for pci, minor, u in gpus]
 
 
+# An HGX board's NVSwitches (PCI bus of each) and how many NVLinks each GPU has to each: HGX H100's
+# four third-generation switches, 18 links per GPU split 5-4-4-5.
+NVSWITCH_BUSES = (0x05, 0x06, 0x07, 0x08)
+NVLINKS_PER_SWITCH = (5, 4, 4, 5)
+
+
+def node_nvswitches():
+    """The PCI addresses of a simulated GPU node's NVSwitches."""
+    return ["0000:%02x:00.0" % bus for bus in NVSWITCH_BUSES]
+
+
+def node_nvlinks(gpu_count):
+    """Per GPU (in PCI order), its NVLinks to the NVSwitches: [(link id, switch PCI, switch port)].
+
+    The GPU's links are numbered 0-17 switch by switch; on each switch, GPU i's k-th link lands on
+    port i * (its links to that switch) + k, so every port of a switch belongs to one GPU.
+    """
+    switches = node_nvswitches()
+    table = []
+    for i in range(gpu_count):
+        links, link_id = [], 0
+        for switch, per_gpu in zip(switches, NVLINKS_PER_SWITCH):
+            for k in range(per_gpu):
+                links.append((link_id, switch, (i % 8) * per_gpu + k))
+                link_id += 1
+        table.append(links)
+    return table
+
+
 def gpu_node_names(count):
     return ["gpu-node-%d" % i for i in range(count)]
 
@@ -724,6 +756,11 @@ def main(argv=None):
     up.add_argument("--nvsentinel", action="store_true",
                     help="also run NVIDIA NVSentinel, built from source and deployed by its chart "
                          "(nvsentinel.py); implies --journal")
+    up.add_argument("--nvsentinel-stage", choices=("monitor", "dry-run", "full"),
+                    default=os.environ.get("LOCALCLUSTER_NVSENTINEL_STAGE") or None,
+                    help="what NVSentinel may do (nvsentinel.STAGES): monitor (conditions only), dry-run (decides, "
+                         "does not act), full (cordon, drain, remediation; the default); on a running cluster, "
+                         "NVSentinel is redeployed in that stage. Kept until given again or `down`")
     up.add_argument("--nvsentinel-bin-dir", default=os.environ.get("LOCALCLUSTER_NVSENTINEL_BIN_DIR"),
                     help="NVSentinel's binaries (the output of build-nvsentinel.sh)")
     up.add_argument("--helm", default=os.environ.get("LOCALCLUSTER_HELM"),
@@ -733,6 +770,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.cmd == "up" and not args.bin_dir:
         parser.error("up needs --bin-dir (or LOCALCLUSTER_BIN_DIR): the output of build-binaries.sh")
+    if args.cmd == "up" and args.nvsentinel_stage and not args.nvsentinel:
+        parser.error("--nvsentinel-stage is a setting of --nvsentinel: give both")
     if args.cmd == "up" and args.nvsentinel and not (args.nvsentinel_bin_dir and args.helm):
         parser.error("up --nvsentinel needs --nvsentinel-bin-dir and --helm (or LOCALCLUSTER_NVSENTINEL_BIN_DIR "
                      "and LOCALCLUSTER_HELM): the outputs of build-nvsentinel.sh and build-helm.sh")

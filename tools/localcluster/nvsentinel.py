@@ -1,6 +1,7 @@
 """NVIDIA NVSentinel on the local control plane, deployed by its own Helm chart.
 
-    nvsentinel.py render --helm HELM   print the objects `up --nvsentinel` applies (YAML), change nothing
+    nvsentinel.py render --helm HELM [--stage STAGE]
+                                       print the objects `up --nvsentinel` applies (YAML), change nothing
                                        (with the project's virtualenv: tools/venv.sh)
 
 `tools/local-cluster up --nvsentinel` uses the functions below: it renders the chart
@@ -9,6 +10,11 @@ and ours (nvsentinel-values.yaml), applies the objects to the cluster as they ar
 processes run with the chart's own ServiceAccounts, RBAC and ConfigMaps, and writes the pod runner's
 image map: each NVSentinel image -> the binary built from source (build-nvsentinel.sh), run with the
 container's args, env and volumes, as the image's entrypoint would be. NVSentinel is not patched.
+
+The stage NVSentinel runs in (STAGES: monitor, dry-run, full; `up --nvsentinel --nvsentinel-stage
+STAGE`) is a set of chart values given at render time. `up` on a running cluster renders again,
+applies, and deletes what the new rendering no longer has (as `helm upgrade` does), so switching
+stages changes the cluster, not only the objects that stay.
 
 Two stand-ins are named as such:
 - gpu_metadata.json: metadata-collector reads the GPUs through NVML, which needs a GPU. Each node's
@@ -45,6 +51,19 @@ BINARIES = ("syslog-health-monitor", "platform-connectors", "fault-quarantine", 
 CRD_CHARTS = ("charts/janitor",)
 METADATA_FILE = "var/lib/nvsentinel/gpu_metadata.json"   # global.metadataPath, under a node's host root
 FIELD_MANAGER = "local-cluster-nvsentinel"
+# The stages teams roll NVSentinel out in, each the chart values that differ from the lane's full
+# install (nvsentinel-values.yaml). monitor: detection only (platform-connectors' conditions and
+# Events), the quarantine, drain and remediation components not installed; dry-run: the chart's
+# global.dryRun, which fault-quarantine, node-drainer and fault-remediation each take as
+# --dry-run (they decide and record, but do not cordon, evict or create); full: every component acting.
+STAGES = {
+    "monitor": {"global.faultQuarantine.enabled": "false", "global.nodeDrainer.enabled": "false",
+                "global.faultRemediation.enabled": "false"},
+    "dry-run": {"global.dryRun": "true"},
+    "full": {},
+}
+DEFAULT_STAGE = "full"
+APPLIED = "applied.json"   # under <state>/nvsentinel: the objects the last `up` applied, for pruning
 
 
 # --- GPU metadata (stand-in for metadata-collector) ---------------------------------------------
@@ -53,16 +72,23 @@ def gpu_metadata(node_name, gpus_per_node, gpu_product, timestamp):
     """A node's gpu_metadata.json content, as metadata-collector writes it from NVML.
 
     GPU ids are NVML indexes (PCI order, as the node's inventory is ordered); PCI addresses are in
-    metadata-collector's normalised form (4-digit domain, lower case). What NVML would add and the
-    inventory does not hold is left as metadata-collector leaves it when NVML cannot tell: serial
-    numbers empty, no chassis serial, NUMA node -1, no NVLinks or NVSwitches.
+    metadata-collector's normalised form (4-digit domain, lower case). Each GPU's NVLinks to the
+    node's NVSwitches (the inventory's NVLink table, localcluster.node_nvlinks) are listed as
+    metadata-collector lists the links NVML reports active to a switch, with the switches'
+    addresses in nvswitches: NVSentinel finds the GPU behind an SXid's switch port there. What NVML
+    would add and the inventory does not hold is left as metadata-collector leaves it when NVML
+    cannot tell: serial numbers empty, no chassis serial, NUMA node -1.
     """
+    inventory = localcluster.node_gpus(node_name, gpus_per_node)
+    nvlinks = localcluster.node_nvlinks(len(inventory))
     gpus = [{"gpu_id": i, "uuid": gpu_uuid, "pci_address": pci.lower(), "serial_number": "",
-             "device_name": localcluster.gpu_model(gpu_product), "nvlinks": [], "numa_node": -1}
-            for i, (pci, _minor, gpu_uuid) in enumerate(localcluster.node_gpus(node_name, gpus_per_node))]
+             "device_name": localcluster.gpu_model(gpu_product), "numa_node": -1,
+             "nvlinks": [{"link_id": link, "remote_pci_address": switch, "remote_link_id": port}
+                         for link, switch, port in nvlinks[i]]}
+            for i, (pci, _minor, gpu_uuid) in enumerate(inventory)]
     return {"version": "1.0", "timestamp": timestamp, "node_name": node_name,
             "driver_version": localcluster.DRIVER_VERSION, "chassis_serial": None, "gpus": gpus,
-            "nvswitches": []}
+            "nvswitches": localcluster.node_nvswitches() if inventory else []}
 
 
 def write_gpu_metadata(runner_state, node_names, gpus_per_node, gpu_product):
@@ -77,17 +103,20 @@ def write_gpu_metadata(runner_state, node_names, gpus_per_node, gpu_product):
 
 # --- rendering ----------------------------------------------------------------------------------
 
-def helm_template_argv(helm, src, pins, datastore_port):
+def helm_template_argv(helm, src, pins, datastore_port, stage=DEFAULT_STAGE):
     chart = os.path.join(src, CHART)
-    return [helm, "template", RELEASE, chart, "--namespace", NAMESPACE, "--include-crds",
+    argv = [helm, "template", RELEASE, chart, "--namespace", NAMESPACE, "--include-crds",
             "--kube-version", pins["K8S_VERSION"],
             "-f", os.path.join(chart, "values-postgresql.yaml"), "-f", VALUES,
             "--set", "global.image.tag=" + pins["NVSENTINEL_COMMIT"],
             "--set", "global.datastore.connection.port=%d" % datastore_port]
+    for key, value in sorted(STAGES[stage].items()):
+        argv += ["--set", "%s=%s" % (key, value)]
+    return argv
 
 
-def render(helm, src, pins, datastore_port):
-    """The chart's objects, as `helm template` renders them, plus the remediation CRDs."""
+def render(helm, src, pins, datastore_port, stage=DEFAULT_STAGE):
+    """The chart's objects, as `helm template` renders them for the stage, plus the remediation CRDs."""
     import yaml  # the venv's PyYAML (with Ansible)
 
     def run(argv):
@@ -96,7 +125,7 @@ def render(helm, src, pins, datastore_port):
             raise localcluster.ClusterError("%s failed: %s" % (" ".join(argv[:3]), out.stderr.strip()))
         return [d for d in yaml.safe_load_all(out.stdout) if d]
 
-    docs = run(helm_template_argv(helm, src, pins, datastore_port))
+    docs = run(helm_template_argv(helm, src, pins, datastore_port, stage))
     for sub in CRD_CHARTS:
         docs += run([helm, "show", "crds", os.path.join(src, CHART, sub)])
     return docs
@@ -160,10 +189,12 @@ def client_secret(paths):
 
 
 def apply(api_client, docs):
-    """Server-side apply of every object, in the release namespace where the chart leaves it open."""
+    """Server-side apply of every object, in the release namespace where the chart leaves it open.
+    Returns the identities applied (identity()), in order."""
     from kubernetes import dynamic
     dyn = dynamic.DynamicClient(api_client)
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
+    applied = []
     for doc in sorted([namespace] + list(docs), key=_apply_order):
         resource = dyn.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
         ns = None
@@ -171,9 +202,52 @@ def apply(api_client, docs):
             ns = doc["metadata"].setdefault("namespace", NAMESPACE)
         resource.server_side_apply(body=doc, name=doc["metadata"]["name"], namespace=ns,
                                    field_manager=FIELD_MANAGER, force_conflicts=True)
+        applied.append(identity(doc))
         if doc["kind"] == "CustomResourceDefinition":
             _wait_established(dyn, resource, doc["metadata"]["name"])
             dyn.resources.invalidate_cache()
+    return applied
+
+
+def identity(doc):
+    """[apiVersion, kind, namespace or None, name] of an object."""
+    meta = doc["metadata"]
+    return [doc["apiVersion"], doc["kind"], meta.get("namespace"), meta["name"]]
+
+
+def stale(previous, current):
+    """The objects an earlier `up` applied that this one did not, workloads first (reverse apply order)."""
+    return [obj for obj in reversed(previous) if obj not in current]
+
+
+def prune(api_client, objects):
+    """Delete objects (identities) that the rendering no longer has; their pods go with them."""
+    from kubernetes import dynamic
+    from kubernetes.client.exceptions import ApiException
+    dyn = dynamic.DynamicClient(api_client)
+    for api_version, kind, namespace, name in objects:
+        try:
+            dyn.resources.get(api_version=api_version, kind=kind).delete(
+                name=name, namespace=namespace, body={"propagationPolicy": "Background"})
+        except ApiException as e:
+            if e.status != 404:
+                raise
+        log("deleted %s %s%s (not in this stage)" % (kind, namespace + "/" if namespace else "", name))
+
+
+def read_applied(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return []
+
+
+def write_applied(path, applied):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(applied, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def _wait_established(dyn, resource, name, timeout=30):
@@ -218,11 +292,14 @@ def monitor_checks(spec):
     return set(args[args.index("--checks") + 1].split(",")) if "--checks" in args else set()
 
 
-def missing(docs, pods, index, nodes, alive, socket_exists, cursors):
+def missing(docs, pods, index, nodes, alive, socket_exists, cursors, deployments=None):
     """What is not running yet, in words (empty when NVSentinel runs everywhere it should).
 
     pods: the namespace's pods (dicts); index: the runner's pods by uid; nodes: {name: labels};
-    a DaemonSet should run on every node its nodeSelector matches, a Deployment its replicas.
+    a DaemonSet should run on every node its nodeSelector matches, a Deployment its replicas, and
+    nothing else: no pod of a workload this rendering has not (an earlier stage's), no pod of a
+    Deployment's earlier template (deployments: {name: the Deployment as the API returns it},
+    whose status says whether its rollout is done).
     cursors(node): the checks whose journal position syslog-health-monitor has saved on the node:
     it has read the node's journal once, so it sees every record written from now on (its first
     read starts at the journal's end).
@@ -231,6 +308,8 @@ def missing(docs, pods, index, nodes, alive, socket_exists, cursors):
     by_workload = {}
     for pod in pods:
         by_workload.setdefault(workload_of(pod), []).append(pod)
+    rendered = set(obj["metadata"]["name"] for obj, _spec in pod_templates(docs))
+    gaps += ["%s still runs (not in this rendering)" % name for name in sorted(set(by_workload) - rendered - {None})]
     for obj, spec in pod_templates(docs):
         name = obj["metadata"]["name"]
         mine = by_workload.get(name, [])
@@ -248,14 +327,26 @@ def missing(docs, pods, index, nodes, alive, socket_exists, cursors):
                          if not monitor_checks(spec) <= cursors(n)]
         elif len(running) < obj["spec"].get("replicas", 1):
             gaps.append("%s: %d of %d pod(s) running" % (name, len(running), obj["spec"].get("replicas", 1)))
+        elif len(mine) > obj["spec"].get("replicas", 1) or not rolled_out((deployments or {}).get(name)):
+            gaps.append("%s: rollout not finished" % name)
     return gaps
+
+
+def rolled_out(deployment):
+    """A Deployment's controller has seen its latest spec and every replica runs its template
+    (None, when the caller has no Deployments to check: True)."""
+    if deployment is None:
+        return True
+    status, replicas = deployment.get("status") or {}, (deployment.get("spec") or {}).get("replicas", 1)
+    return (status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0)
+            and status.get("updatedReplicas", 0) == replicas and status.get("replicas", 0) == replicas)
 
 
 def wait_running(api_client, layout, docs, gpu_nodes, timeout=180):
     """Until labeler has labelled the GPU nodes, every NVSentinel pod runs in the pod runner and
     every syslog-health-monitor has read its node's journal (it polls every 15 s)."""
     from kubernetes import client
-    core = client.CoreV1Api(api_client)
+    core, apps = client.CoreV1Api(api_client), client.AppsV1Api(api_client)
     index_path = os.path.join(layout.runner_state, "pods", "index.json")
 
     def socket_exists(node):
@@ -278,8 +369,10 @@ def wait_running(api_client, layout, docs, gpu_nodes, timeout=180):
                 index = json.load(f).get("pods", {})
         except (OSError, ValueError):
             index = {}
+        deployments = dict((d["metadata"]["name"], d) for d in (
+            api_client.sanitize_for_serialization(d) for d in apps.list_namespaced_deployment(NAMESPACE).items))
         gaps = (["labeler has not labelled %s" % ", ".join(unlabelled)] if unlabelled else []) + \
-            missing(docs, pods, index, nodes, localcluster.process_alive, socket_exists, cursors)
+            missing(docs, pods, index, nodes, localcluster.process_alive, socket_exists, cursors, deployments)
         if not gaps:
             return
         time.sleep(0.5)
@@ -294,7 +387,8 @@ def log(msg):
 
 
 def up(layout, args):
-    """PostgreSQL, the GPU metadata, the chart's objects and the image map; then wait until it runs."""
+    """PostgreSQL, the GPU metadata, the chart's objects for the stage and the image map, what an
+    earlier stage had and this one has not deleted; then wait until it runs."""
     from kubernetes import config
     t0 = time.monotonic()
     pins = nvsentinel_source.versions()
@@ -310,12 +404,17 @@ def up(layout, args):
     localcluster.wait_for("PostgreSQL", lambda: postgresql.accepting(paths, port), 30, layout, "postgresql")
     gpu_nodes = localcluster.gpu_node_names(args.nodes)
     write_gpu_metadata(layout.runner_state, gpu_nodes, args.gpus_per_node, args.gpu_product)
-    docs = render(args.helm, src, pins, port)
+    stage = args.nvsentinel_stage or localcluster.read_info(layout).get("nvsentinel_stage") or DEFAULT_STAGE
+    docs = render(args.helm, src, pins, port, stage)
     write_image_map(layout, image_map(docs, os.path.abspath(args.nvsentinel_bin_dir)), port)
     api_client = config.new_client_from_config(config_file=layout.kubeconfig)
-    apply(api_client, [client_secret(paths)] + docs)
+    record = os.path.join(layout.state, "nvsentinel", APPLIED)
+    applied = apply(api_client, [client_secret(paths)] + docs)
+    prune(api_client, stale(read_applied(record), applied))
+    write_applied(record, applied)
+    localcluster.write_info(layout, dict(localcluster.read_info(layout), nvsentinel_stage=stage))
     wait_running(api_client, layout, docs, gpu_nodes)
-    log("up in %.1fs (PostgreSQL on %s:%d)" % (time.monotonic() - t0, postgresql.HOST, port))
+    log("stage %s up in %.1fs (PostgreSQL on %s:%d)" % (stage, time.monotonic() - t0, postgresql.HOST, port))
 
 
 def main(argv=None):
@@ -325,10 +424,11 @@ def main(argv=None):
     r = sub.add_parser("render", help="print the objects up --nvsentinel applies")
     r.add_argument("--helm", required=True, help="the helm binary (tools/localcluster/build-helm.sh)")
     r.add_argument("--port-base", type=int, default=int(os.environ.get("LOCALCLUSTER_PORT_BASE", "26000")))
+    r.add_argument("--stage", choices=sorted(STAGES), default=DEFAULT_STAGE)
     args = parser.parse_args(argv)
     import yaml
     port = localcluster.Layout(".", args.port_base).ports["postgresql"]
-    docs = render(args.helm, nvsentinel_source.checked_source(), nvsentinel_source.versions(), port)
+    docs = render(args.helm, nvsentinel_source.checked_source(), nvsentinel_source.versions(), port, args.stage)
     yaml.safe_dump_all(docs, sys.stdout, sort_keys=False)
     return 0
 

@@ -31,12 +31,13 @@ def test_every_row_names_its_command_machine_and_date():
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[3].startswith("`python3 bench/"), row
-        assert "CPUs" in cells[4] and cells[4][-10:-6] == "2026", row
+        assert "CPUs" in cells[4] and "2026-" in cells[4], row
 
 
 def test_a_missing_result_is_said_not_invented(monkeypatch, tmp_path):
     monkeypatch.setattr(report, "RESULTS", str(tmp_path))
-    assert report.table().endswith("Not measured yet: bench/results/detection.json, bench/results/drill.json, "
+    assert report.table().endswith("Not measured yet: bench/results/detection.json, "
+                                   "bench/results/detection-nvsentinel.json, bench/results/drill.json, "
                                    "bench/results/fleet.json, bench/results/shim.json.")
 
 

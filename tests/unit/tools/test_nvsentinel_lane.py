@@ -86,6 +86,13 @@ def test_gpu_metadata_has_metadata_collectors_format_and_the_nodes_gpus(tmp_path
     assert [(g["gpu_id"], g["pci_address"], g["uuid"]) for g in meta["gpus"]] == \
         [(i, pci, u) for i, (pci, _m, u) in enumerate(inventory)]
     assert meta["gpus"][0]["device_name"] == "NVIDIA H100 80GB HBM3" and meta["node_name"] == "gpu-node-1"
+    # HGX H100: 18 NVLinks per GPU to four NVSwitches (5-4-4-5), every switch port one GPU's.
+    links = [(link["remote_pci_address"], link["remote_link_id"]) for g in meta["gpus"] for link in g["nvlinks"]]
+    assert len(links) == 8 * 18 and len(set(links)) == len(links)
+    assert meta["nvswitches"] == sorted({pci for pci, _port in links}) and len(meta["nvswitches"]) == 4
+    assert all(0 <= port < 64 for _pci, port in links)   # an NVSwitch has 64 ports
+    assert [link["link_id"] for link in meta["gpus"][3]["nvlinks"]] == list(range(18))
+    assert set(_go_json_fields("NVLink")) == set(meta["gpus"][0]["nvlinks"][0])
     assert meta["driver_version"] == lc.DRIVER_VERSION
     nvsentinel.write_gpu_metadata(str(tmp_path), ["gpu-node-1"], 8, "NVIDIA-H100-80GB-HBM3")
     with open(tmp_path / "nodes" / "gpu-node-1" / "host" / "var" / "lib" / "nvsentinel" / "gpu_metadata.json") as f:
@@ -208,3 +215,47 @@ def test_missing_names_every_pod_that_does_not_run_yet():
     assert gaps(index, socket=lambda node: node != "cpu-node-0") == ["no platform-connectors socket on cpu-node-0"]
     assert gaps(index, cursors=lambda node: {"A"}) == [
         "syslog-health-monitor-regular has not read the journal of gpu-node-0 yet"]
+
+
+# --- stages -------------------------------------------------------------------------------------------
+
+def test_each_stage_is_chart_values_set_at_render_time():
+    pins = {"K8S_VERSION": "v1.37.2", "NVSENTINEL_COMMIT": "abc"}
+    full = nvsentinel.helm_template_argv("/h", "/src", pins, 26432, "full")
+    assert full == nvsentinel.helm_template_argv("/h", "/src", pins, 26432)
+    assert nvsentinel.helm_template_argv("/h", "/src", pins, 26432, "dry-run") == full + ["--set", "global.dryRun=true"]
+    monitor = nvsentinel.helm_template_argv("/h", "/src", pins, 26432, "monitor")
+    assert monitor[len(full):] == ["--set", "global.faultQuarantine.enabled=false", "--set",
+                                   "global.faultRemediation.enabled=false", "--set", "global.nodeDrainer.enabled=false"]
+
+
+def test_switching_stages_deletes_what_the_new_rendering_has_not():
+    previous = [["v1", "Namespace", None, "nvsentinel"], ["v1", "ConfigMap", "nvsentinel", "node-drainer"],
+                ["apps/v1", "Deployment", "nvsentinel", "node-drainer"], ["apps/v1", "DaemonSet", "nvsentinel", "pc"]]
+    current = [previous[0], previous[3]]
+    # Workloads first (reverse apply order), so their pods go before their ConfigMaps.
+    assert nvsentinel.stale(previous, current) == [previous[2], previous[1]]
+    assert nvsentinel.stale(current, previous) == []
+    assert nvsentinel.identity({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}) == \
+        ["v1", "ConfigMap", None, "x"]
+
+
+def test_missing_waits_for_a_rollout_and_for_an_earlier_stages_pods_to_go():
+    docs = [_workload("Deployment", "fault-quarantine", [{}], replicas=1)]
+    nodes = {"gpu-node-0": {}}
+    old, new = _pod("o", "gpu-node-0", "ReplicaSet", "fault-quarantine-5d8f7c"), \
+        _pod("n", "gpu-node-0", "ReplicaSet", "fault-quarantine-7a9b1e")
+    index = {"o": _running("main"), "n": _running("main")}
+    done = {"metadata": {"generation": 2}, "spec": {"replicas": 1},
+            "status": {"observedGeneration": 2, "updatedReplicas": 1, "replicas": 1}}
+
+    def gaps(pods, deployment=done):
+        return nvsentinel.missing(docs, pods, index, nodes, lambda pid: True, lambda n: True, lambda n: set(),
+                                  {"fault-quarantine": deployment})
+
+    assert gaps([new]) == []
+    assert gaps([old, new]) == ["fault-quarantine: rollout not finished"]
+    assert gaps([old], dict(done, status={"observedGeneration": 1, "updatedReplicas": 1, "replicas": 1})) == \
+        ["fault-quarantine: rollout not finished"]
+    drainer = _pod("d", "gpu-node-0", "ReplicaSet", "node-drainer-6c5d4b")
+    assert gaps([new, drainer]) == ["node-drainer still runs (not in this rendering)"]

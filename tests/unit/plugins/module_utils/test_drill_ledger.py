@@ -64,7 +64,7 @@ def test_entries_keep_extra_keys_and_get_identities():
 
 @pytest.mark.parametrize("raw, fragment", [
     ("node", "must be a dict with a type"),
-    ({"type": "pod"}, "type must be one of node, shim_patch, faults, object, note"),
+    ({"type": "pod"}, "type must be one of node, shim_patch, faults, object, nvsentinel, note"),
     ({"type": "node"}, "entries[1] (type node) has no node (it needs node)"),
     ({"type": "node", "node": "Bad_Node"}, "is not a valid Kubernetes node name"),
     ({"type": "node", "node": "n1", "before": {}}, "before is the node's state, which the module reads itself"),

@@ -166,7 +166,7 @@ def test_no_inject_no_measures_and_nodes_without_events():
     assert all(s[k] is None for k in ("time_to_detect", "time_to_quarantine", "time_to_drain", "time_to_recover",
                                       "time_to_last_recovery"))
     assert s["nodes"]["gpu-node-3"] == dict(injected_at=None, time_to_detect=None, time_to_quarantine=None,
-                                            time_to_drain=None, time_to_recover=None, events=0)
+                                            time_to_drain=None, time_to_remediate=None, time_to_recover=None, events=0)
     assert all(e["seconds_since_inject"] is None for e in report["events"])
     assert "no inject event" in dr.timeline_svg(report)
 
@@ -510,3 +510,15 @@ def test_every_difference_is_in_each_report_and_fails_the_drill():
 def test_bad_verification_is_named(verification, fragment):
     with pytest.raises(DrillReportError, match=re.escape(fragment)):
         report_of(verification=verification)
+
+
+def test_nvsentinels_remediation_is_measured_and_shown_only_when_it_happened():
+    args = xid79_drill()
+    inject = next(e for e in args["events"] if e["kind"] == "inject")
+    assert "remediation" not in dr.timeline_svg(dr.build_report(**args)).split("reaction to the first inject")[1][:200]
+    args["events"] = args["events"] + [dict(inject, kind="remediation", detail="NVSentinel: RebootNode",
+                                            time=dr.format_time(dr.parse_time(inject["time"], "t") + 700000))]
+    report = dr.build_report(**args)
+    measured = report["summary"]["time_to_remediate"]
+    assert measured is not None and measured >= 0.7
+    assert "remediation +%s s" % dr.fmt_seconds(measured) in dr.timeline_svg(report)

@@ -145,3 +145,24 @@ def test_the_ledger_records_the_workload_before_the_shim_once():
     assert not again["changed"] and again["ledger"]["entries"][0]["before"] == recorded
     with pytest.raises(drill_ledger.LedgerError, match="before is the workload's state"):
         ledgers.present("drill-a", None, [dict(SHIM, before={})])
+
+
+def test_nvsentinels_objects_and_events_of_the_drill_must_be_gone():
+    entry = {"type": "nvsentinel", "node": "gpu-node-1", "since": "2026-12-06T22:04:00Z",
+             "remediation": [{"api_version": "janitor.dgxc.nvidia.com/v1alpha1", "kind": "RebootNode"}]}
+    reboot = {"kind": "RebootNode", "metadata": {"name": "maintenance-gpu-node-1-4f58",
+                                                 "creationTimestamp": "2026-12-06T22:04:01Z",
+                                                 "labels": {"app.kubernetes.io/managed-by": "nvsentinel"}},
+              "spec": {"nodeName": "gpu-node-1"}}
+    event = {"metadata": {"name": "gpu-node-1.187"}, "reason": "SysLogsXIDErrorIsNotHealthy",
+             "involvedObject": {"kind": "Node", "name": "gpu-node-1"}, "lastTimestamp": "2026-12-06T22:04:02Z"}
+    left = drill_verify.nvsentinel_left(entry, [reboot], [event])
+    assert left == {"objects": ["RebootNode/maintenance-gpu-node-1-4f58"], "events": ["gpu-node-1.187"]}
+    result = drill_verify.compare({"drill": "d", "entries": [entry]}, {"nvsentinel": {"gpu-node-1": left}})
+    assert result["checked"] == ["NVSentinel on node gpu-node-1 (its remediation objects and Events since the fault)"]
+    assert [d["text"] for d in result["differences"]] == [
+        "NVSentinel on node gpu-node-1: 1 remediation object(s) of the drill left: RebootNode/maintenance-gpu-node-1-4f58",
+        "NVSentinel on node gpu-node-1: 1 Event(s) of the drill left: gpu-node-1.187"]
+    clean = drill_verify.compare({"drill": "d", "entries": [entry]},
+                                 {"nvsentinel": {"gpu-node-1": drill_verify.nvsentinel_left(entry, [], [])}})
+    assert clean["differences"] == []

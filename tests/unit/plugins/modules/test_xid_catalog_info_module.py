@@ -9,7 +9,7 @@ def test_every_code_with_nvsentinel_metadata():
     assert not result.get("failed") and result["changed"] is False
     xids = dict((x["code"], x) for x in result["xids"])
     sxids = dict((x["code"], x) for x in result["sxids"])
-    assert len(xids) == 52 and len(sxids) == 8
+    assert len(xids) == 53 and len(sxids) == 8
     assert [(e["check"], e["action"], e["signal"]) for e in xids[79]["nvsentinel_events"]] == [
         ("SysLogsXIDError", "RESTART_BM", "condition"), ("SysLogsGPUFallenOff", "RESTART_BM", "condition")]
     assert (xids[48]["nvsentinel_action"], xids[48]["nvsentinel_signal"]) == ("COMPONENT_RESET", "condition")
