@@ -260,6 +260,29 @@ def journal_identity(host):
     return machine_id, boot_id
 
 
+def journal_settled(layout, node, timeout=30):
+    """Wait until the journal bridge has stored everything written to the node's /dev/kmsg: its saved
+    offset is at the file's end and the journal's kernel entries no longer change (the bridge saves
+    the offset just before it writes the entries). Records of earlier tests then cannot land late
+    among the ones a test counts."""
+    host = node_host(node)
+    state_path = os.path.join(layout.journal_state, node + ".json")
+
+    def settled():
+        try:
+            st = os.stat(os.path.join(host, "dev", "kmsg"))
+            with open(state_path) as f:
+                state = json.load(f)
+        except FileNotFoundError:
+            return True          # nothing written to this node yet
+        if (state.get("inode"), state.get("offset")) != (st.st_ino, st.st_size):
+            return False
+        count = len(node_journal(host, "_TRANSPORT=kernel"))
+        time.sleep(0.5)
+        return count == len(node_journal(host, "_TRANSPORT=kernel"))
+    wait_until(settled, timeout, "the journal bridge to catch up with %s's /dev/kmsg" % node)
+
+
 def journal_has(count, host, *matches):
     """A check for wait_until: the node's journal entries once there are `count` of them."""
     def check():

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from support import (RUN_LABEL, RUNNER_STATE, ansible_module, journal_has, journal_identity, kmsg_path, localcluster,
-                     node_host, node_journal, run_playbook, wait_until)
+from support import (RUN_LABEL, RUNNER_STATE, ansible_module, journal_has, journal_identity, journal_settled, kmsg_path,
+                     localcluster, node_host, node_journal, run_playbook, wait_until)
 
 MODULE = "gpu_resilience.fault_injection.gpu_xid_inject"
 NAMESPACE = "gpu-fault-injection"
@@ -209,6 +209,8 @@ def test_injected_xid_lands_in_the_nodes_journal_once(agent):
     assert info.get("journal") and localcluster.running_pid(layout, "kmsg-journal"), \
         "the cluster runs no node journal bridge: start it with `tools/local-cluster up --journal`"
     host = node_host("gpu-node-2")
+    for node in NODES:
+        journal_settled(layout, node)
     before = {n: len(node_journal(node_host(n), "_TRANSPORT=kernel")) for n in NODES}
     started = time.time()
     result = inject(node="gpu-node-2", gpu="0", xid=79, drill="it-journal")
