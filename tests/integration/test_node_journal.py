@@ -11,7 +11,9 @@ import subprocess
 import sys
 
 
-from support import ROOT, journal_identity, node_journal, wait_until
+from support import ROOT, journal_identity, localcluster, node_journal, wait_until
+
+gpu_standins = localcluster.gpu_standins
 
 BRIDGE = os.path.join(ROOT, "tools", "localcluster", "kmsg_journal.py")
 XID79 = "NVRM: Xid (PCI:0000:53:00): 79, pid='<unknown>', name=<unknown>, GPU has fallen off the bus."
@@ -73,6 +75,17 @@ def test_bridge_follows_each_nodes_file_and_survives_restarts(tmp_path):
         first, second = node_journal(hosts["node-a"], USER_SPACE)
         assert first["_BOOT_ID"] == second["_BOOT_ID"]
         assert int(first["__MONOTONIC_TIMESTAMP"]) < int(second["__MONOTONIC_TIMESTAMP"])
+        # A reboot (gpu_standins.reboot: a new boot id, an empty kernel log) is a new boot in the
+        # same journal: banner and "Journal started" again, then the record, under the new boot id.
+        gpu_standins.reboot(hosts["node-a"])
+        append(hosts["node-a"], b"<3>NVRM: after the reboot\n")
+        wait_until(lambda: len(node_journal(hosts["node-a"], USER_SPACE)) == 3, 20, "the record after the reboot")
+        boot_id = journal_identity(hosts["node-a"])[1]
+        assert boot_id != first["_BOOT_ID"]
+        new_boot = node_journal(hosts["node-a"], "_BOOT_ID=" + boot_id)
+        assert [(e["SYSLOG_IDENTIFIER"], e["MESSAGE"]) for e in new_boot][1:] == [
+            ("systemd-journald", "Journal started"), ("NVRM", "after the reboot")]
+        assert new_boot[0]["SYSLOG_IDENTIFIER"] == "kernel" and new_boot[0]["__MONOTONIC_TIMESTAMP"] == "0"
         bridge.send_signal(signal.SIGTERM)
         assert bridge.wait(10) == 0               # a clean stop on SIGTERM
     finally:

@@ -32,7 +32,10 @@ A node's journal exists from its "boot", as on a real node: the bridge starts it
 first record, its banner (init/main.c prints linux_banner with KERN_NOTICE; the text is the host's
 /proc/version, the kernel the simulated nodes run on), and journald's own "Journal started". A
 reader that opens a journal seeks to its last kernel record and reads what follows; without a
-kernel record there (a journal made by the first fault), it would miss the first fault.
+kernel record there (a journal made by the first fault), it would miss the first fault. A reboot
+(the node's boot_id file rewritten, as gpu_standins.reboot does) starts a new boot in the same
+journal, as on a real node: the banner and "Journal started" again, the kernel's numbering from 0,
+monotonic times from the new boot, the records under the new _BOOT_ID.
 
 Not simulated: udev's device fields (_UDEV_*: the simulated devices have no udev database), the
 kernel's rate limit on /dev/kmsg writes, and journald's other messages ("Missed N kernel messages").
@@ -359,20 +362,28 @@ class Node:
             self.state = {"inode": None, "offset": 0, "nextSeq": 0, "bootId": None}
 
     def load_identity(self):
-        if self.identity is None:
-            boot_path = os.path.join(self.host, "proc", "sys", "kernel", "random", "boot_id")
-            try:
-                with open(os.path.join(self.host, "etc", "machine-id")) as f:
-                    machine_id = id128(f.read())
-                with open(boot_path) as f:
-                    boot_id = id128(f.read())
-                booted = os.stat(boot_path).st_mtime_ns // 1000
-            except (OSError, ValueError):
-                return None
-            if self.state.get("bootId") != boot_id:      # a new boot: the kernel counts afresh
-                self.state.update(bootId=boot_id, nextSeq=0)
-            self.identity = (machine_id, boot_id, booted)
+        """(machine id, boot id, boot time in µs), or None while the files are not written. Read
+        again when the boot id file changes: the node rebooted (gpu_standins.reboot), and its
+        records from then on belong to the new boot."""
+        boot_path = os.path.join(self.host, "proc", "sys", "kernel", "random", "boot_id")
+        try:
+            booted = os.stat(boot_path).st_mtime_ns // 1000
+            if self.identity is not None and self.identity[2] == booted:
+                return self.identity
+            with open(os.path.join(self.host, "etc", "machine-id")) as f:
+                machine_id = id128(f.read())
+            with open(boot_path) as f:
+                boot_id = id128(f.read())
+        except (OSError, ValueError):
+            return None
+        if self.state.get("bootId") != boot_id:      # a new boot: the kernel counts afresh
+            self.state.update(bootId=boot_id, nextSeq=0)
+        self.identity = (machine_id, boot_id, booted)
         return self.identity
+
+    def boot_started(self):
+        """Whether the journal has this boot's first entries (a journal goes on across boots)."""
+        return os.path.exists(self.journal) and self.state.get("journalBoot") == self.identity[1]
 
     @property
     def journal(self):
@@ -465,8 +476,9 @@ class Bridge:
         False if it must be retried (the node's identity files are not written yet)."""
         if node.load_identity() is None:
             return False
-        if not os.path.exists(node.journal):
+        if not node.boot_started():
             entries = node.boot_entries(kernel_banner())
+            node.state["journalBoot"] = node.identity[1]
             write_json(node.state_path, node.state)
             self.write(node, b"".join(entries), len(entries))
         if not node.has_new():

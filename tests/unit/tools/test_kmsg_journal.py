@@ -2,6 +2,7 @@
 handling of /dev/kmsg writes and reads, journald's (systemd v252) kmsg and identifier rules, the
 journal export format. Expected values follow the C sources cited in the module."""
 import importlib.util
+import os
 import struct
 import sys
 from pathlib import Path
@@ -207,3 +208,28 @@ def test_a_node_journal_starts_with_the_kernel_banner_then_journald(tmp_path):
     assert kernel.startswith(b"__REALTIME_TIMESTAMP=1000000\n__MONOTONIC_TIMESTAMP=0\n")
     assert b"_TRANSPORT=driver\n" in started and b"_BOOT_ID=" + b"b" * 32 in started
     assert node.state["nextSeq"] == 1   # the agent's first write is the kernel's second record
+
+
+def test_a_reboot_starts_a_new_boot_in_the_same_journal(tmp_path):
+    random = tmp_path / "proc" / "sys" / "kernel" / "random"
+    random.mkdir(parents=True)
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "machine-id").write_text("a" * 32 + "\n")
+    (random / "boot_id").write_text("00000000-0000-4000-8000-000000000001\n")
+    node = kj.Node("gpu-node-0", str(tmp_path), str(tmp_path / "state.json"))
+    machine_id, first_boot, booted = node.load_identity()
+    assert (machine_id, first_boot) == ("a" * 32, "00000000000040008000000000000001")
+    assert not node.boot_started()
+    node.boot_entries(b"Linux version 6.1.0")
+    node.state["journalBoot"] = first_boot
+    os.makedirs(os.path.dirname(node.journal))
+    open(node.journal, "wb").close()
+    node.entries([b"<3>NVRM: Xid (PCI:0000:53:00): 79, GPU has fallen off the bus.\n"], booted + 5_000_000)
+    assert node.boot_started() and node.state["nextSeq"] == 2 and node.load_identity()[1] == first_boot
+
+    (random / "boot_id").write_text("00000000-0000-4000-8000-000000000002\n")
+    os.utime(random / "boot_id", ns=(booted * 1000 + 10**9, booted * 1000 + 10**9))
+    assert node.load_identity() == ("a" * 32, "00000000000040008000000000000002", booted + 1_000_000)
+    assert node.state["nextSeq"] == 0 and not node.boot_started()   # counted afresh, banner again
+    (entry,) = node.entries([b"<3>NVRM: after the reboot\n"], booted + 3_000_000)
+    assert b"_BOOT_ID=00000000000040008000000000000002\n" in entry and b"__MONOTONIC_TIMESTAMP=2000000\n" in entry
