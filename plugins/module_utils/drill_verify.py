@@ -76,9 +76,9 @@ def nvsentinel_left(entry, objects, events):
     resources; events: the Events of its namespace ``default``."""
     since = nvsentinel.parse_time(entry["since"]) if entry.get("since") else None
     made = nvsentinel_stages.remediation_objects(objects, entry["node"], since)
+    reported = nvsentinel_stages.nvsentinel_events(events, entry["node"], since)
     return {"objects": sorted("%s/%s" % (o.get("kind"), o["metadata"]["name"]) for o in made),
-            "events": sorted(e["metadata"]["name"] for e in nvsentinel_stages.nvsentinel_events(events, entry["node"],
-                                                                                               since))}
+            "events": sorted(e["metadata"]["name"] for e in reported)}
 
 
 # --- the comparison ---------------------------------------------------------------------------------

@@ -367,7 +367,7 @@ def findings(seen):
                               row["expected"]["check"], row["signal"], ",".join(entry["error_codes"]), entry["action"])})
         problems += ["%s: %s" % (describe(row["expected"]), problem) for problem in row["problems"]]
     problems += ["also %s %s ErrorCode %s %s" % (item["check"], item["signal"], ",".join(item["entry"]["error_codes"]),
-                                                item["entry"]["action"]) for item in seen["extra"]]
+                                                 item["entry"]["action"]) for item in seen["extra"]]
     return found, problems
 
 

@@ -27,7 +27,8 @@ description:
   - Fails as soon as a node carries a mark the stage rules out (a cordon in dry-run, any mark in
     monitor, state C(drain-failed) in full), naming it and who wrote it, as soon as a node it saw
     quarantined is handed back to service before the phase (fault-quarantine's
-    C(quarantinedNodeUncordonedManually): NVSentinel cancelled the rest), and when the wait times out.
+    C(quarantinedNodeUncordonedManually), after which NVSentinel cancelled the rest), and when the wait
+    times out.
   - Watches the nodes and the remediation objects (no polling); the time reported is that of the API
     event in which the node reached the phase. Started before the fault (C(async)), it times NVSentinel
     from the fault on.
@@ -276,8 +277,8 @@ class Phase(object):
             reached = self.reached.get(name)
             nodes.append(dict(name=name, done=reached is not None, matched_at=(reached or {}).get("matched_at"),
                               elapsed=(reached or {}).get("elapsed"), marks=state["marks"],
-                              detail=(reached or {}).get("detail") or stages.phase_detail(self.params["phase"],
-                                                                                         state["marks"]),
+                              detail=((reached or {}).get("detail")
+                                      or stages.phase_detail(self.params["phase"], state["marks"])),
                               forbidden=state["forbidden"]))
         expect = stages.phase_state(self.plan, self.params["phase"], self.nodes[self.params["nodes"][0]], [])["expect"]
         out = dict(changed=False, nodes=nodes, plan=self.plan, expect=expect,

@@ -249,9 +249,9 @@ def test_missing_waits_for_a_rollout_and_for_an_earlier_stages_pods_to_go():
     done = {"metadata": {"generation": 2}, "spec": {"replicas": 1},
             "status": {"observedGeneration": 2, "updatedReplicas": 1, "replicas": 1}}
 
-    def gaps(pods, deployment=done):
+    def gaps(pods, deployment=None):
         return nvsentinel.missing(docs, pods, index, nodes, lambda pid: True, lambda n: True, lambda n: set(),
-                                  {"fault-quarantine": deployment})
+                                  {"fault-quarantine": deployment or done})
 
     assert gaps([new]) == []
     assert gaps([old, new]) == ["fault-quarantine: rollout not finished"]
