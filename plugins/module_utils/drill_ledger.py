@@ -20,7 +20,7 @@ Each entry has a ``type`` and the keys that identify what it is about:
 - ``object``: ``api_version``, ``kind``, ``namespace`` (empty for cluster-scoped objects), ``name``;
 - ``nvsentinel``: ``node``, a node NVSentinel reacts to the drill's faults on; the cleanup waits
   for NVSentinel, hands the node back and deletes what it made (role fault_cleanup: ``stage``,
-  ``namespace``, ``since``, ``records``, ``gpu_metadata``, ``remediation``);
+  ``namespace``, ``since``, ``records``, ``gpu_metadata``, ``remediation``, ``remediation_actions``);
 - ``note``: ``text``.
 
 An entry may carry more keys (what the cleanup needs to know); they are stored as given. An entry

@@ -395,6 +395,13 @@ def release_steps(node):
     return steps + [{"spec": {"unschedulable": None}}]
 
 
+def let_go(node):
+    """fault-quarantine has taken the node back (its hold annotation gone) and node-drainer and
+    fault-remediation have stopped (the state label gone); fault-remediation's annotation may stay."""
+    meta = node.get("metadata") or {}
+    return not held(node) and node_marks.NVSENTINEL_STATE_LABEL not in (meta.get("labels") or {})
+
+
 def released(node):
     """fault-quarantine has taken the node back (its hold annotation gone), and node-drainer and
     fault-remediation have stopped (the state label and fault-remediation's annotation gone)."""

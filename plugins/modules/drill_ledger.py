@@ -86,7 +86,7 @@ options:
         C(name) of any object the drill creates or changes.
       - C(nvsentinel) - C(node), a node NVIDIA NVSentinel reacts to the drill's faults on, with what
         role C(fault_cleanup) needs to hand it back (C(stage), C(namespace), C(since), C(records),
-        C(gpu_metadata), C(remediation)).
+        C(gpu_metadata), C(remediation), C(remediation_actions)).
       - C(note) - C(text).
       - An entry whose type and these keys are already recorded is not added again (also when its
         other keys differ). The ledger adds C(seq) and C(recorded) to each entry.

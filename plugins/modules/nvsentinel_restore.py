@@ -24,8 +24,9 @@ description:
     C(quarantineHealthEventIsCordoned) annotation) back the way NVSentinel expects an operator to -
     by uncordoning it (cordoning it first where fault-quarantine did not, in its dry-run stage) - and
     waits until fault-quarantine has cancelled the node's quarantine in its datastore and removed its
-    annotations and state label, and fault-remediation has cleared its annotation, so that nothing
-    NVSentinel had in progress acts on the node afterwards. fault-quarantine then leaves the
+    annotations and state label, and fault-remediation has cleared its annotation (15 s more at
+    most: it keeps it when fault-quarantine found no open quarantine event to cancel), so that
+    nothing NVSentinel had in progress acts on the node afterwards. fault-quarantine then leaves the
     annotation C(quarantinedNodeUncordonedManually) and its C(cordon-*) labels, which
     M(gpu_resilience.fault_injection.node_marks_restore) puts back as they were.
   - With I(remediation), deletes the remediation objects fault-remediation created for the node since
@@ -146,6 +147,7 @@ from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils imp
 from ansible_collections.gpu_resilience.fault_injection.plugins.module_utils.kube import KubeError
 
 MAX_ATTEMPTS = 5
+REMEDIATION_ANNOTATION_GRACE = 15   # seconds fault-remediation gets to clear its annotation
 
 
 def argument_spec():
@@ -181,12 +183,22 @@ def release(k8s, module):
             except kube.DynamicApiError as e:
                 raise KubeError("%s node %s to hand it back to NVSentinel failed: %s" % (
                     "cordoning" if patch["spec"]["unschedulable"] else "uncordoning", name, kube.describe(e)))
+        # fault-remediation clears its annotation once fault-quarantine's cancellation reaches it,
+        # and keeps it when fault-quarantine found no open quarantine event to cancel (seen when
+        # the uncordon came after the remediation): then, after a short grace, the annotation is a
+        # record of a finished round, put back as it was with the node's other marks.
+        grace = None
         while not stages.released(node):
+            if stages.let_go(node):
+                grace = grace or min(deadline, time.monotonic() + REMEDIATION_ANNOTATION_GRACE)
+                deadline = grace
             remaining = deadline - time.monotonic()
             try:
                 with kube.Waiting():
                     _source, kind, payload, _mono, _wall = updates.get(timeout=max(remaining, 0))
             except queue.Empty:
+                if grace is not None and stages.let_go(node):
+                    return True
                 raise KubeError(
                     "node %s: NVSentinel did not let go of it within %d s of its uncordon (fault-quarantine's "
                     "annotation %s, the state label or fault-remediation's annotation is still there): is "

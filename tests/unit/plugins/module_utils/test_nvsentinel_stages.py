@@ -205,6 +205,9 @@ def test_release_uncordons_a_held_node_and_cordons_first_in_dry_run():
     assert stages.release_steps(node(True)) == []   # not NVSentinel's: nothing to hand back
     assert not stages.released(node(False, {STATE: "remediation-succeeded"}))
     assert not stages.released(node(False, {}, {"latestFaultRemediationState": "{}"}))
+    # Let go: fault-quarantine's hold and the state label gone; fault-remediation's record may stay.
+    assert stages.let_go(node(False, {}, {"latestFaultRemediationState": "{}"}))
+    assert not stages.let_go(node(False, {STATE: "remediating"})) and not stages.let_go(node(True, {}, HELD))
     assert stages.released(node(False, CORDON_LABELS, {"quarantinedNodeUncordonedManually": "True"}))
     assert stages.handed_back(node(False, CORDON_LABELS, {"quarantinedNodeUncordonedManually": "True"}))
     assert not stages.handed_back(node(True, CORDON_LABELS, HELD))
