@@ -25,7 +25,7 @@ description:
     by uncordoning it (cordoning it first where fault-quarantine did not, in its dry-run stage) - and
     waits until fault-quarantine has cancelled the node's quarantine in its datastore and removed its
     annotations and state label, and fault-remediation has cleared its annotation (15 s more at
-    most: it keeps it when fault-quarantine found no open quarantine event to cancel), so that
+    most; it keeps it when fault-quarantine found no open quarantine event to cancel), so that
     nothing NVSentinel had in progress acts on the node afterwards. fault-quarantine then leaves the
     annotation C(quarantinedNodeUncordonedManually) and its C(cordon-*) labels, which
     M(gpu_resilience.fault_injection.node_marks_restore) puts back as they were.
