@@ -187,17 +187,15 @@ def release(k8s, module):
         # and keeps it when fault-quarantine found no open quarantine event to cancel (seen when
         # the uncordon came after the remediation): then, after a short grace, the annotation is a
         # record of a finished round, put back as it was with the node's other marks.
-        grace = None
         while not stages.released(node):
             if stages.let_go(node):
-                grace = grace or min(deadline, time.monotonic() + REMEDIATION_ANNOTATION_GRACE)
-                deadline = grace
+                deadline = min(deadline, time.monotonic() + REMEDIATION_ANNOTATION_GRACE)
             remaining = deadline - time.monotonic()
             try:
                 with kube.Waiting():
                     _source, kind, payload, _mono, _wall = updates.get(timeout=max(remaining, 0))
             except queue.Empty:
-                if grace is not None and stages.let_go(node):
+                if stages.let_go(node):
                     return True
                 raise KubeError(
                     "node %s: NVSentinel did not let go of it within %d s of its uncordon (fault-quarantine's "

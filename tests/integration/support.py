@@ -45,6 +45,7 @@ def _load_localcluster():
 
 
 localcluster = _load_localcluster()
+import kmsg_journal  # noqa: E402  (beside localcluster.py, whose loading put its directory on the path)
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -266,16 +267,9 @@ def journal_settled(layout, node, timeout=30):
     the offset just before it writes the entries). Records of earlier tests then cannot land late
     among the ones a test counts."""
     host = node_host(node)
-    state_path = os.path.join(layout.journal_state, node + ".json")
 
     def settled():
-        try:
-            st = os.stat(os.path.join(host, "dev", "kmsg"))
-            with open(state_path) as f:
-                state = json.load(f)
-        except FileNotFoundError:
-            return True          # nothing written to this node yet
-        if (state.get("inode"), state.get("offset")) != (st.st_ino, st.st_size):
+        if kmsg_journal.Node(node, host, os.path.join(layout.journal_state, node + ".json")).has_new():
             return False
         count = len(node_journal(host, "_TRANSPORT=kernel"))
         time.sleep(0.5)
